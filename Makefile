@@ -1,0 +1,49 @@
+# Gantry developer entry points. `make test` is what CI runs: on a fresh machine it creates the
+# virtualenv, builds the local control plane and the pinned vLLM environment (both cached
+# outside the repository), then runs linters, unit, contract and integration tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: test venv lint unit contract integration cluster-build vllm-env demo demo-down clean
+
+test: lint unit contract integration
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+unit: venv
+	$(PY) -m pytest tests/unit
+
+vllm-env: venv
+	$(PY) -m tests.contract.vllm_env
+
+contract: vllm-env
+	$(PY) -m pytest tests/contract -m contract
+
+cluster-build: venv
+	$(PY) -m tests.cluster build
+
+integration: cluster-build
+	$(PY) -m pytest tests/integration -m integration
+
+demo: cluster-build
+	$(PY) -m tests.cluster demo
+
+demo-down: venv
+	$(PY) -m tests.cluster down
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,45 @@
+"""kopf handlers: decorators only. Every trigger calls the one level-triggered reconcile."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from gantry_operator.reconcile import reconcile
+from gantry_operator.spec import GROUP, PLURAL, VERSION
+
+#: Drift repair and status refresh when no event arrives.
+RESYNC_SECONDS = 30.0
+CHILD_LABELS = {"app.kubernetes.io/managed-by": "gantry"}
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # kopf's own bookkeeping lives in gantry.dev/ annotations, never in the user-facing status.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"
+    settings.posting.level = 100  # no per-handler events; reconcile posts its own
+    settings.watching.server_timeout = 270
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
+def reconcile_model_deployment(name: str, namespace: str | None, **_: Any) -> None:
+    if namespace:
+        reconcile(namespace, name)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
+@kopf.on.event("v1", "services", labels=CHILD_LABELS)
+@kopf.on.event("v1", "pods", labels=CHILD_LABELS)
+def reconcile_owner(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    owner = labels.get("gantry.dev/model-deployment")
+    if owner and namespace:
+        reconcile(namespace, owner)

@@ -1,0 +1,35 @@
+"""Pure builders: (parsed spec, plan) -> the Kubernetes objects a ModelDeployment becomes.
+
+No I/O, no clock, no context: the same inputs always give the same dicts (sorted env, labels
+and args), so golden files pin them and server-side apply sees no spurious changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gantry_operator.manifests.common import Owner, labels, selector_labels
+from gantry_operator.manifests.runtime import build_deployment, launch_spec
+from gantry_operator.manifests.service import build_pdb, build_service, endpoint
+from gantry_operator.planner import Plan
+from gantry_operator.spec import ModelDeploymentSpec
+
+__all__ = [
+    "Owner",
+    "build_all",
+    "build_deployment",
+    "build_pdb",
+    "build_service",
+    "endpoint",
+    "labels",
+    "launch_spec",
+    "selector_labels",
+]
+
+
+def build_all(spec: ModelDeploymentSpec, plan: Plan, *, owner: Owner) -> list[dict[str, Any]]:
+    """Every child object, in apply order. The PDB exists only with more than one replica."""
+    objects = [build_deployment(spec, plan, owner=owner), build_service(spec, owner=owner)]
+    if spec.replicas > 1:
+        objects.append(build_pdb(spec, owner=owner))
+    return objects

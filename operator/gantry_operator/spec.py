@@ -1,0 +1,362 @@
+"""Parse a ModelDeployment once into frozen, typed objects with defaults applied.
+
+The CRD schema and its CEL rules already reject malformed input at the API server; this module
+repeats only the checks the schema cannot express (catalog lookups, engine-arg conflicts) and
+raises :class:`SpecError` naming the field and the fix. Builders and the planner take these
+objects, never raw dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gantry_operator import gpus
+from gantry_operator.catalog import ModelArch, UnknownModelError, arch_from_mapping, preset
+
+GROUP = "gantry.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+
+#: metadata.name limit so every derived name (Service, Deployment + ReplicaSet hash) stays valid.
+MAX_NAME_LENGTH = 52
+
+DEFAULT_RUNTIME_IMAGE = "ghcr.io/gantry-dev/gantry-runtime:0.1.0-vllm0.33.0"
+MODEL_MOUNT = "/models"
+
+SourceKind = Literal["pvc", "s3", "image", "huggingFace"]
+ScaleMetric = Literal["queueDepth", "kvCacheUsage"]
+
+
+class SpecError(ValueError):
+    """A spec the schema accepted but Gantry cannot serve; the message names field and fix."""
+
+    def __init__(self, field_path: str, message: str) -> None:
+        super().__init__(f"{field_path}: {message}")
+        self.field_path = field_path
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: SourceKind
+    #: pvc
+    claim_name: str = ""
+    path: str = ""
+    #: s3
+    endpoint: str = ""
+    bucket: str = ""
+    prefix: str = ""
+    region: str = ""
+    credentials_secret: str = ""
+    #: image
+    reference: str = ""
+    pull_policy: str = "IfNotPresent"
+    #: huggingFace
+    repo: str = ""
+    revision: str = ""
+    token_secret: str = ""
+    #: Expected sha256 per weight file (relative path -> hex digest).
+    sha256: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class GPURequest:
+    type: str
+    count: int | None = None
+    per_node: int | None = None
+
+    @property
+    def profile(self) -> gpus.GPUProfile:
+        return gpus.profile(self.type)
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.per_node or self.profile.gpus_per_node
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    tensor: int | None = None
+    pipeline: int | None = None
+    expert: bool | None = None
+
+
+@dataclass(frozen=True)
+class Serving:
+    max_context_length: int | None = None
+    target_concurrency: int = 1
+    max_num_seqs: int | None = None
+    gpu_memory_utilization: float | None = None
+    kv_cache_dtype: str = "auto"
+    max_num_batched_tokens: int | None = None
+    shutdown_timeout_seconds: int = 60
+    #: Engine flags as (flag-without-dashes, value) sorted by flag.
+    engine_args: tuple[tuple[str, str], ...] = ()
+    #: Raw EnvVar objects from the spec, sorted by name.
+    env: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    enabled: bool = False
+    min_replicas: int = 1
+    max_replicas: int = 1
+    metric: ScaleMetric = "queueDepth"
+    target: float = 8.0
+    scale_up_delay_seconds: int = 0
+    scale_down_delay_seconds: int = 300
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    node_selector: tuple[tuple[str, str], ...] = ()
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    affinity: Mapping[str, Any] | None = None
+    priority_class_name: str = ""
+
+
+@dataclass(frozen=True)
+class Residency:
+    regions: tuple[str, ...] = ()
+    offline: bool = True
+
+
+@dataclass(frozen=True)
+class Runtime:
+    image: str = DEFAULT_RUNTIME_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    requests: tuple[tuple[str, str], ...] = ()
+    limits: tuple[tuple[str, str], ...] = ()
+    shm_size: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelDeploymentSpec:
+    """One ModelDeployment, parsed. ``name``/``namespace`` come from metadata."""
+
+    name: str
+    namespace: str
+    model: ModelArch
+    preset: str | None
+    served_model_name: str
+    source: Source
+    gpu: GPURequest
+    parallelism: Parallelism = field(default_factory=Parallelism)
+    serving: Serving = field(default_factory=Serving)
+    replicas: int = 1
+    autoscaling: Autoscaling = field(default_factory=Autoscaling)
+    scheduling: Scheduling = field(default_factory=Scheduling)
+    residency: Residency = field(default_factory=Residency)
+    runtime: Runtime = field(default_factory=Runtime)
+
+    @property
+    def max_context_length(self) -> int:
+        return self.serving.max_context_length or self.model.max_context
+
+
+def _get(obj: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    value = obj.get(key, default)
+    return default if value is None else value
+
+
+def parse(name: str, namespace: str, spec: Mapping[str, Any]) -> ModelDeploymentSpec:
+    """Parse ``spec`` (the CR's ``.spec``) or raise SpecError naming the field."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise SpecError(
+            "metadata.name", f"is {len(name)} characters; use at most {MAX_NAME_LENGTH}"
+        )
+    model_obj: Mapping[str, Any] = _get(spec, "model", {})
+    arch, preset_name = _parse_model(model_obj)
+    gpu_obj: Mapping[str, Any] = _get(spec, "gpu", {})
+    if not gpu_obj.get("type"):
+        raise SpecError("spec.gpu.type", f"is required: one of {', '.join(gpus.PROFILES)}")
+    gpu = GPURequest(
+        type=gpu_obj["type"], count=gpu_obj.get("count"), per_node=gpu_obj.get("perNode")
+    )
+    try:
+        gpu.profile  # noqa: B018 - validates the type name
+    except gpus.UnknownGPUError as exc:
+        raise SpecError("spec.gpu.type", str(exc)) from None
+    par: Mapping[str, Any] = _get(spec, "parallelism", {})
+    auto: Mapping[str, Any] = _get(spec, "autoscaling", {})
+    autoscaling = Autoscaling(
+        enabled=bool(_get(auto, "enabled", False)),
+        min_replicas=int(_get(auto, "minReplicas", 1)),
+        max_replicas=int(_get(auto, "maxReplicas", max(1, int(_get(auto, "minReplicas", 1))))),
+        metric=_get(auto, "metric", "queueDepth"),
+        target=float(_get(auto, "target", 8.0)),
+        scale_up_delay_seconds=int(_get(auto, "scaleUpDelaySeconds", 0)),
+        scale_down_delay_seconds=int(_get(auto, "scaleDownDelaySeconds", 300)),
+    )
+    if autoscaling.min_replicas > autoscaling.max_replicas:
+        raise SpecError(
+            "spec.autoscaling",
+            f"minReplicas {autoscaling.min_replicas} exceeds maxReplicas "
+            f"{autoscaling.max_replicas}; lower minReplicas or raise maxReplicas",
+        )
+    residency_obj: Mapping[str, Any] = _get(spec, "residency", {})
+    residency = Residency(
+        regions=tuple(_get(residency_obj, "regions", ())),
+        offline=bool(_get(residency_obj, "offline", True)),
+    )
+    source = _parse_source(_get(spec, "source", {}), residency)
+    return ModelDeploymentSpec(
+        name=name,
+        namespace=namespace,
+        model=arch,
+        preset=preset_name,
+        served_model_name=_get(model_obj, "servedName", preset_name or name),
+        source=source,
+        gpu=gpu,
+        parallelism=Parallelism(
+            tensor=par.get("tensor"), pipeline=par.get("pipeline"), expert=par.get("expert")
+        ),
+        serving=_parse_serving(_get(spec, "serving", {}), arch),
+        replicas=int(_get(spec, "replicas", 1)),
+        autoscaling=autoscaling,
+        scheduling=_parse_scheduling(_get(spec, "scheduling", {})),
+        residency=residency,
+        runtime=_parse_runtime(_get(spec, "runtime", {})),
+    )
+
+
+def _parse_model(model: Mapping[str, Any]) -> tuple[ModelArch, str | None]:
+    has_preset, has_custom = "preset" in model, "custom" in model
+    if has_preset == has_custom:
+        raise SpecError(
+            "spec.model", "set exactly one of preset (a catalog model) or custom (its architecture)"
+        )
+    if has_preset:
+        try:
+            return preset(model["preset"]), model["preset"]
+        except UnknownModelError as exc:
+            raise SpecError("spec.model.preset", str(exc)) from None
+    try:
+        return arch_from_mapping(dict(model["custom"])), None
+    except (TypeError, ValueError) as exc:
+        raise SpecError(
+            "spec.model.custom", f"{exc}; see `kubectl explain md.spec.model.custom`"
+        ) from None
+
+
+_SOURCE_KINDS: tuple[SourceKind, ...] = ("pvc", "s3", "image", "huggingFace")
+
+
+def _parse_source(source: Mapping[str, Any], residency: Residency) -> Source:
+    kinds = [k for k in _SOURCE_KINDS if k in source]
+    if len(kinds) != 1:
+        raise SpecError("spec.source", "set exactly one of pvc, s3, image or huggingFace")
+    kind = kinds[0]
+    body: Mapping[str, Any] = source[kind]
+    sha = tuple(sorted(dict(_get(source, "sha256", {})).items()))
+    if kind == "huggingFace" and residency.offline:
+        raise SpecError(
+            "spec.source.huggingFace",
+            "downloads from a model hub, which spec.residency.offline=true (the default) forbids; "
+            "use a pvc, s3 or image source, or set spec.residency.offline=false",
+        )
+    if kind == "pvc":
+        return Source(
+            kind, claim_name=body["claimName"], path=_get(body, "path", "").strip("/"), sha256=sha
+        )
+    if kind == "s3":
+        return Source(
+            kind,
+            endpoint=body["endpoint"],
+            bucket=body["bucket"],
+            prefix=_get(body, "prefix", "").strip("/"),
+            region=_get(body, "region", ""),
+            credentials_secret=_get(body, "credentialsSecret", ""),
+            sha256=sha,
+        )
+    if kind == "image":
+        return Source(
+            kind,
+            reference=body["reference"],
+            path=_get(body, "path", "").strip("/"),
+            pull_policy=_get(body, "pullPolicy", "IfNotPresent"),
+            sha256=sha,
+        )
+    return Source(
+        kind,
+        repo=body["repo"],
+        revision=_get(body, "revision", "main"),
+        token_secret=_get(body, "tokenSecret", ""),
+        sha256=sha,
+    )
+
+
+_PLAN_INPUT_FLAGS: dict[str, tuple[str, Any]] = {
+    "max-num-seqs": ("maxNumSeqs", int),
+    "gpu-memory-utilization": ("gpuMemoryUtilization", float),
+    "max-num-batched-tokens": ("maxNumBatchedTokens", int),
+    "kv-cache-dtype": ("kvCacheDtype", str),
+}
+
+
+def _parse_serving(serving: Mapping[str, Any], arch: ModelArch) -> Serving:
+    max_len = serving.get("maxContextLength")
+    if max_len is not None and max_len > arch.max_context:
+        raise SpecError(
+            "spec.serving.maxContextLength",
+            f"{max_len} exceeds {arch.name}'s maximum context of {arch.max_context} tokens; "
+            f"set it to {arch.max_context} or less",
+        )
+    args = {str(k).removeprefix("--"): str(v) for k, v in _get(serving, "engineArgs", {}).items()}
+    # Engine flags that are planner inputs are folded into their spec.serving fields, so the
+    # plan accounts for them; setting both to different values is a contradiction.
+    folded: dict[str, Any] = {}
+    for flag, (key, convert) in _PLAN_INPUT_FLAGS.items():
+        if flag not in args:
+            continue
+        raw = args.pop(flag)
+        try:
+            value = convert(raw)
+        except ValueError:
+            raise SpecError(
+                f"spec.serving.engineArgs.{flag}", f"{raw!r} is not a valid value"
+            ) from None
+        if serving.get(key) is not None and serving[key] != value:
+            raise SpecError(
+                f"spec.serving.engineArgs.{flag}",
+                f"is {raw} but spec.serving.{key} is {serving[key]}; set only spec.serving.{key}",
+            )
+        folded[key] = value
+    merged = {**serving, **folded}
+    env = tuple(sorted(_get(serving, "env", ()), key=lambda e: str(e.get("name"))))
+    return Serving(
+        max_context_length=max_len,
+        target_concurrency=int(_get(serving, "targetConcurrency", 1)),
+        max_num_seqs=merged.get("maxNumSeqs"),
+        gpu_memory_utilization=merged.get("gpuMemoryUtilization"),
+        kv_cache_dtype=_get(merged, "kvCacheDtype", "auto"),
+        max_num_batched_tokens=merged.get("maxNumBatchedTokens"),
+        shutdown_timeout_seconds=int(_get(serving, "shutdownTimeoutSeconds", 60)),
+        engine_args=tuple(sorted(args.items())),
+        env=env,
+    )
+
+
+def _parse_scheduling(scheduling: Mapping[str, Any]) -> Scheduling:
+    return Scheduling(
+        node_selector=tuple(sorted(dict(_get(scheduling, "nodeSelector", {})).items())),
+        tolerations=tuple(_get(scheduling, "tolerations", ())),
+        affinity=scheduling.get("affinity"),
+        priority_class_name=_get(scheduling, "priorityClassName", ""),
+    )
+
+
+def _parse_runtime(runtime: Mapping[str, Any]) -> Runtime:
+    resources: Mapping[str, Any] = _get(runtime, "resources", {})
+    return Runtime(
+        image=_get(runtime, "image", DEFAULT_RUNTIME_IMAGE),
+        image_pull_policy=_get(runtime, "imagePullPolicy", "IfNotPresent"),
+        requests=tuple(sorted((k, str(v)) for k, v in _get(resources, "requests", {}).items())),
+        limits=tuple(sorted((k, str(v)) for k, v in _get(resources, "limits", {}).items())),
+        shm_size=runtime.get("shmSize"),
+        image_pull_secrets=tuple(s["name"] for s in _get(runtime, "imagePullSecrets", ())),
+    )

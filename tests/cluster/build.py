@@ -1,0 +1,204 @@
+"""Build the local control plane's binaries from their Go modules, once per machine.
+
+Binaries land in ``$GANTRY_CACHE/bin/<component>-<version>/`` (default cache
+``~/.cache/gantry``), outside the repository. A component whose binaries already exist is not
+rebuilt, so a warm run returns in well under a second. Go's own module and build caches are
+left where Go keeps them, so a version bump recompiles only what changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.cluster import versions
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GANTRY_CACHE", Path.home() / ".cache" / "gantry"))
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    version: str
+    binaries: tuple[str, ...]
+
+    @property
+    def directory(self) -> Path:
+        return cache_dir() / "bin" / f"{self.name}-{self.version}"
+
+    def path(self, binary: str) -> Path:
+        return self.directory / binary
+
+    def built(self) -> bool:
+        return all(self.path(b).is_file() for b in self.binaries)
+
+
+KUBERNETES = Component("kubernetes", versions.KUBERNETES, versions.KUBERNETES_COMMANDS)
+ETCD = Component("etcd", versions.ETCD, ("etcd",))
+KWOK = Component("kwok", versions.KWOK, ("kwok",))
+HELM = Component("helm", versions.HELM, ("helm",))
+COMPONENTS = (KUBERNETES, ETCD, KWOK, HELM)
+
+
+def binary(name: str) -> Path:
+    """Path of a built binary by its command name (``kubectl``, ``etcd``, ...)."""
+    for component in COMPONENTS:
+        if name in component.binaries:
+            return component.path(name)
+    raise KeyError(name)
+
+
+def _say(message: str) -> None:
+    print(f"[gantry-cluster] {message}", file=sys.stderr, flush=True)
+
+
+def _go(args: Sequence[str], cwd: Path, what: str) -> None:
+    """Run a go command, printing a heartbeat so a long first build shows progress."""
+    started = time.monotonic()
+    done = threading.Event()
+
+    def heartbeat() -> None:
+        while not done.wait(30):
+            _say(f"  still {what} ({time.monotonic() - started:.0f}s)")
+
+    thread = threading.Thread(target=heartbeat, daemon=True)
+    thread.start()
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false -mod=mod"}
+    try:
+        result = subprocess.run(["go", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    finally:
+        done.set()
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"`go {' '.join(args)}` failed while {what}:\n{result.stdout}{result.stderr}"
+        )
+
+
+def _module(workdir: Path, name: str, go_mod: str, files: dict[str, str]) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "go.mod").write_text(f"module gantry.local/{name}\n\ngo 1.24\n\n{go_mod}")
+    for filename, text in files.items():
+        (workdir / filename).write_text(text)
+
+
+def _install(component: Component, build: Path, targets: Sequence[str], ldflags: str = "") -> None:
+    staging = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=f".{component.name}-"))
+    try:
+        _go(["mod", "tidy"], build, f"resolving {component.name} {component.version} modules")
+        args = ["build", "-trimpath", "-o", str(staging) + "/"]
+        if ldflags:
+            args += ["-ldflags", ldflags]
+        _go([*args, *targets], build, f"compiling {component.name} {component.version}")
+        component.directory.parent.mkdir(parents=True, exist_ok=True)
+        if component.directory.exists():
+            shutil.rmtree(component.directory)
+        staging.rename(component.directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _kubernetes_ldflags() -> str:
+    major, minor, _ = versions.KUBERNETES.lstrip("v").split(".")
+    values = {
+        "gitVersion": versions.KUBERNETES,
+        "gitMajor": major,
+        "gitMinor": minor,
+        "gitCommit": "0000000000000000000000000000000000000000",
+        "gitTreeState": "clean",
+        "buildDate": "1970-01-01T00:00:00Z",
+    }
+    packages = ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+    flags = [f"-X {pkg}.{key}={value}" for pkg in packages for key, value in values.items()]
+    return " ".join(["-s", "-w", *flags])
+
+
+def build_kubernetes(work: Path) -> None:
+    replaces = "\n".join(
+        f"\tk8s.io/{m} => k8s.io/{m} {versions.KUBERNETES_STAGING}"
+        for m in versions.STAGING_MODULES
+    )
+    imports = "\n".join(f'\t_ "k8s.io/kubernetes/cmd/{c}"' for c in versions.KUBERNETES_COMMANDS)
+    _module(
+        work,
+        "kubernetes",
+        f"require k8s.io/kubernetes {versions.KUBERNETES}\n\nreplace (\n{replaces}\n)\n",
+        {"tools.go": f"//go:build tools\n\npackage tools\n\nimport (\n{imports}\n)\n"},
+    )
+    targets = [f"k8s.io/kubernetes/cmd/{c}" for c in versions.KUBERNETES_COMMANDS]
+    _install(KUBERNETES, work, targets, _kubernetes_ldflags())
+
+
+def build_etcd(work: Path) -> None:
+    main = (
+        "package main\n\nimport (\n\t\"os\"\n\n\t\"go.etcd.io/etcd/server/v3/etcdmain\"\n)\n\n"
+        "func main() { etcdmain.Main(os.Args) }\n"
+    )
+    _module(work, "etcd", f"require go.etcd.io/etcd/server/v3 {versions.ETCD}\n", {"main.go": main})
+    _install(ETCD, work, ["."], "-s -w")
+
+
+def _tool_module(work: Path, component: Component, module: str, package: str) -> None:
+    imports = f'//go:build tools\n\npackage tools\n\nimport _ "{package}"\n'
+    _module(work, component.name, f"require {module} {component.version}\n", {"tools.go": imports})
+    _install(component, work, [package], "-s -w")
+
+
+def build_kwok(work: Path) -> None:
+    _tool_module(work, KWOK, "sigs.k8s.io/kwok", "sigs.k8s.io/kwok/cmd/kwok")
+
+
+def build_helm(work: Path) -> None:
+    _tool_module(work, HELM, "helm.sh/helm/v3", "helm.sh/helm/v3/cmd/helm")
+
+
+BUILDERS = {"kubernetes": build_kubernetes, "etcd": build_etcd, "kwok": build_kwok, "helm": build_helm}
+
+
+def ensure_built(names: Sequence[str] | None = None) -> None:
+    """Build every missing component (all of them by default)."""
+    if shutil.which("go") is None:
+        raise RuntimeError("Go is not installed: install Go >= 1.24 to build the local cluster")
+    wanted = [c for c in COMPONENTS if names is None or c.name in names]
+    missing = [c for c in wanted if not c.built()]
+    if not missing:
+        return
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    _say(
+        "first build of " + ", ".join(f"{c.name} {c.version}" for c in missing)
+        + f" into {cache_dir() / 'bin'} (about 15-25 minutes on 2 cores, once per machine)"
+    )
+    for component in missing:
+        started = time.monotonic()
+        _say(f"building {component.name} {component.version}")
+        work = cache_dir() / "src" / f"{component.name}-{component.version}"
+        BUILDERS[component.name](work)
+        _say(f"built {component.name} {component.version} in {time.monotonic() - started:.0f}s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("components", nargs="*", help=f"subset of: {', '.join(BUILDERS)}")
+    args = parser.parse_args(argv)
+    unknown = set(args.components) - set(BUILDERS)
+    if unknown:
+        parser.error(f"unknown components {sorted(unknown)}; choose from {list(BUILDERS)}")
+    ensure_built(args.components or None)
+    for component in COMPONENTS:
+        state = "ready" if component.built() else "missing"
+        print(f"{component.name:<11} {component.version:<9} {state:<8} {component.directory}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
