@@ -21,12 +21,17 @@ from gantry_runtime.launchspec import vllm_argv
 RENDER_UID = "00000000-0000-0000-0000-000000000000"
 
 
-def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
+def _table(rows: Sequence[Sequence[str]], out: TextIO, *, markdown: bool = False) -> None:
+    if markdown:
+        out.write("| " + " | ".join(rows[0]) + " |\n")
+        out.write("|" + "---|" * len(rows[0]) + "\n")
+        for row in rows[1:]:
+            out.write("| " + " | ".join(row) + " |\n")
+        return
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        out.write(
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n"
-        )
+        cells = (cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+        out.write("  ".join(cells).rstrip() + "\n")
 
 
 PLAN_HEADER = (
@@ -68,42 +73,61 @@ def _plan(args: argparse.Namespace, out: TextIO) -> int:
         out.write("\nGPU types: " + ", ".join(gpus.PROFILES) + "\n")
         return 0
     if not args.model:
-        out.write("gantry plan: name a model (gantry plan --list shows the catalog)\n")
+        out.write("gantry plan: name a model, or 'all' (gantry plan --list shows the catalog)\n")
         return 2
-    try:
-        model = presets()[args.model]
-    except KeyError:
+    if args.model != "all" and args.model not in presets():
         out.write(
             f"gantry plan: unknown model {args.model!r}; gantry plan --list shows the catalog\n"
+        )
+        return 2
+    models = list(presets().values()) if args.model == "all" else [presets()[args.model]]
+    if args.gpu != "all" and args.gpu not in gpus.PROFILES:
+        out.write(
+            f"gantry plan: unknown GPU type {args.gpu!r}: choose one of {', '.join(gpus.PROFILES)}\n"
         )
         return 2
     gpu_types = list(gpus.PROFILES) if args.gpu == "all" else [args.gpu]
     rows: list[list[str]] = [list(PLAN_HEADER)]
     problems: list[str] = []
-    for gpu_type in gpu_types:
-        try:
-            profile = gpus.profile(gpu_type)
-        except gpus.UnknownGPUError as exc:
-            out.write(f"gantry plan: {exc}\n")
-            return 2
-        request = planner.Request(
-            model=model,
-            gpu=profile,
-            max_model_len=args.context or model.max_context,
-            target_concurrency=args.concurrency,
-            gpus_per_node=args.per_node,
-            count=args.count,
-            tensor=args.tp,
-            pipeline=args.pp,
-            gpu_memory_utilization=args.utilization,
-            kv_cache_dtype=args.kv_cache_dtype,
-        )
-        try:
-            rows.append(plan_row(planner.plan_request(request)))
-        except planner.DoesNotFitError as exc:
-            problems.append(f"{gpu_type}: does not fit: {exc}")
+    for model in models:
+        for gpu_type in gpu_types:
+            request = planner.Request(
+                model=model,
+                gpu=gpus.profile(gpu_type),
+                max_model_len=min(args.context or model.max_context, model.max_context),
+                target_concurrency=args.concurrency,
+                gpus_per_node=args.per_node,
+                count=args.count,
+                tensor=args.tp,
+                pipeline=args.pp,
+                gpu_memory_utilization=args.utilization,
+                kv_cache_dtype=args.kv_cache_dtype,
+            )
+            try:
+                rows.append(plan_row(planner.plan_request(request)))
+            except planner.DoesNotFitError as exc:
+                if args.markdown:
+                    rows.append(
+                        [
+                            model.name,
+                            gpu_type,
+                            "-",
+                            "-",
+                            "-",
+                            "-",
+                            "-",
+                            str(request.max_model_len),
+                            "-",
+                            "-",
+                            "-",
+                            "-",
+                            f"does not fit: {exc}",
+                        ]
+                    )
+                else:
+                    problems.append(f"{model.name} on {gpu_type}: does not fit: {exc}")
     if len(rows) > 1:
-        _table(rows, out)
+        _table(rows, out, markdown=args.markdown)
     for problem in problems:
         out.write(problem + "\n")
     return 0 if len(rows) > 1 else 1
@@ -154,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "plan", help="show the sharding plan and fit check for a model on a GPU type"
     )
-    p.add_argument("model", nargs="?", help="catalog model (see --list)")
+    p.add_argument("model", nargs="?", help="catalog model (see --list), or 'all'")
     p.add_argument("--list", action="store_true", help="list the catalog models and GPU types")
     p.add_argument("--gpu", default="H100-80GB", help="GPU type, or 'all' for every type")
     p.add_argument("--context", type=int, help="max context length (default the model's maximum)")
@@ -165,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pp", type=int, help="pipeline-parallel size")
     p.add_argument("--utilization", type=float, help="gpu-memory-utilization")
     p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table")
     r = sub.add_parser("render", help="print the objects a ModelDeployment manifest becomes")
     r.add_argument("file", help="manifest file or directory ('-' for stdin)")
     r.add_argument(

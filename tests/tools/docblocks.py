@@ -1,0 +1,56 @@
+"""Generated blocks in the docs: the output of `gantry` commands, kept true by a test.
+
+A block is written as::
+
+    <!-- gantry plan gpt-oss-120b --gpu all --markdown -->
+    ...output...
+    <!-- end -->
+
+``python -m tests.tools.docblocks`` rewrites every block from the current code; the unit test
+``tests/unit/test_docs.py`` fails when a block differs from what the command prints now.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shlex
+import sys
+from pathlib import Path
+
+from gantry_operator.cli import main as gantry
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = (ROOT / "docs", ROOT / "README.md")
+BLOCK = re.compile(r"(<!-- (gantry [^>]*?) -->\n)(.*?)(<!-- end -->)", re.DOTALL)
+
+
+def render(command: str) -> str:
+    out = io.StringIO()
+    gantry(shlex.split(command)[1:], out=out)
+    return out.getvalue()
+
+
+def files() -> list[Path]:
+    found: list[Path] = []
+    for path in DOCS:
+        found.extend(sorted(path.glob("*.md")) if path.is_dir() else [path])
+    return [p for p in found if p.is_file()]
+
+
+def regenerate(text: str) -> str:
+    return BLOCK.sub(lambda m: m.group(1) + render(m.group(2)) + m.group(4), text)
+
+
+def main() -> int:
+    for path in files():
+        text = path.read_text()
+        new = regenerate(text)
+        if new != text:
+            path.write_text(new)
+            print(f"updated {path.relative_to(ROOT)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
