@@ -83,7 +83,8 @@ def _plan(args: argparse.Namespace, out: TextIO) -> int:
     models = list(presets().values()) if args.model == "all" else [presets()[args.model]]
     if args.gpu != "all" and args.gpu not in gpus.PROFILES:
         out.write(
-            f"gantry plan: unknown GPU type {args.gpu!r}: choose one of {', '.join(gpus.PROFILES)}\n"
+            f"gantry plan: unknown GPU type {args.gpu!r}: "
+            f"choose one of {', '.join(gpus.PROFILES)}\n"
         )
         return 2
     gpu_types = list(gpus.PROFILES) if args.gpu == "all" else [args.gpu]
