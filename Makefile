@@ -6,9 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test venv lint unit contract integration cluster-build vllm-env demo demo-down clean
+.PHONY: test venv lint unit contract integration cluster-build vllm-env docs demo demo-down clean
 
-test: lint unit contract integration
+test: venv
+	@# The two long first-time installs (Go builds, the vLLM virtualenv) run side by side.
+	$(MAKE) -j2 cluster-build vllm-env
+	$(MAKE) lint unit contract integration
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +47,9 @@ demo: cluster-build
 
 demo-down: venv
 	$(PY) -m tests.cluster down
+
+docs: venv
+	$(PY) -m tests.tools.docblocks
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
