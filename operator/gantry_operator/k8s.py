@@ -38,16 +38,25 @@ def _resource(api_version: str, kind: str) -> Any:
     return _dynamic().resources.get(api_version=api_version, kind=kind)
 
 
+class NamespaceTerminatingError(RuntimeError):
+    """The namespace is being deleted: nothing may be created in it any more."""
+
+
 def apply(obj: Mapping[str, Any]) -> dict[str, Any]:
     """Server-side apply with Gantry's field manager, taking ownership of conflicting fields."""
     resource = _resource(obj["apiVersion"], obj["kind"])
-    result = resource.server_side_apply(
-        body=dict(obj),
-        name=obj["metadata"]["name"],
-        namespace=obj["metadata"].get("namespace"),
-        field_manager=FIELD_MANAGER,
-        force_conflicts=True,
-    )
+    try:
+        result = resource.server_side_apply(
+            body=dict(obj),
+            name=obj["metadata"]["name"],
+            namespace=obj["metadata"].get("namespace"),
+            field_manager=FIELD_MANAGER,
+            force_conflicts=True,
+        )
+    except ApiException as exc:
+        if exc.status == 403 and "NamespaceTerminating" in (exc.body or ""):
+            raise NamespaceTerminatingError(obj["metadata"].get("namespace")) from None
+        raise
     return cast(dict[str, Any], result.to_dict())
 
 
@@ -101,7 +110,7 @@ def event(owner: Mapping[str, Any], *, reason: str, message: str, warning: bool 
     meta = owner["metadata"]
     now = dt.datetime.now(dt.UTC)
     body = client.EventsV1Event(
-        metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+        metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}-", namespace=meta["namespace"]),
         event_time=now,
         action=reason,
         reason=reason,

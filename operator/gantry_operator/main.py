@@ -37,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # kopf logs every handler run; Gantry's reconcile logs what it changed.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     _ = handlers  # registers the handlers with kopf
     asyncio.run(
         kopf.operator(

@@ -217,7 +217,9 @@ def _layouts(req: Request) -> list[tuple[int, int]]:
         return [(tp, req.count // tp)] if req.count % tp == 0 else []
     tps = [req.tensor] if req.tensor else [t for t in (1, 2, 4, 8, 16) if t <= node]
     pps = [req.pipeline] if req.pipeline else list(range(1, MAX_PIPELINE_STAGES + 1))
-    valid = [t for t in tps if _tp_ok(req, t)]
+    # An explicit tensor size is kept even when invalid, so plan_request names the rule it
+    # breaks instead of reporting that no size fits.
+    valid = tps if req.tensor else [t for t in tps if _tp_ok(req, t)]
     widest = max(valid, default=0)
     pairs = [
         (tp, pp)
@@ -271,8 +273,8 @@ def plan_request(req: Request) -> Plan:
 def _build(req: Request, tp: int, pp: int, mem: _Memory) -> Plan:
     tokens = mem.kv // mem.per_token
     gpus = tp * pp
-    max_num_seqs = req.max_num_seqs or min(
-        MAX_NUM_SEQS_CAP, max(req.target_concurrency, tokens // TYPICAL_REQUEST_TOKENS)
+    max_num_seqs = req.max_num_seqs or max(
+        req.target_concurrency, min(MAX_NUM_SEQS_CAP, tokens // TYPICAL_REQUEST_TOKENS)
     )
     load = ENGINE_INIT_SECONDS + req.model.weight_bytes // (gpus * LOAD_BYTES_PER_SECOND)
     return Plan(

@@ -36,7 +36,11 @@ def reconcile(namespace: str, name: str) -> str | None:
         body = k8s.get_model_deployment(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
-        return _reconcile(body)
+        try:
+            return _reconcile(body)
+        except k8s.NamespaceTerminatingError:
+            log.info("Skipped %s/%s: its namespace is being deleted", namespace, name)
+            return None
 
 
 def _desired(

@@ -8,12 +8,18 @@ objects, never raw dicts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gantry_operator import gpus
-from gantry_operator.catalog import ModelArch, UnknownModelError, arch_from_mapping, preset
+from gantry_operator.catalog import (
+    KV_DTYPE_BYTES,
+    ModelArch,
+    UnknownModelError,
+    arch_from_mapping,
+    preset,
+)
 
 GROUP = "gantry.dev"
 VERSION = "v1alpha1"
@@ -290,11 +296,38 @@ def _parse_source(source: Mapping[str, Any], residency: Residency) -> Source:
     )
 
 
-_PLAN_INPUT_FLAGS: dict[str, tuple[str, Any]] = {
-    "max-num-seqs": ("maxNumSeqs", int),
-    "gpu-memory-utilization": ("gpuMemoryUtilization", float),
-    "max-num-batched-tokens": ("maxNumBatchedTokens", int),
-    "kv-cache-dtype": ("kvCacheDtype", str),
+def _in_range(convert: Callable[[str], Any], low: float, high: float) -> Callable[[str], Any]:
+    """A converter that also enforces the bounds the CRD sets on the matching spec field."""
+
+    def check(raw: str) -> Any:
+        value = convert(raw)
+        if not low <= value <= high:
+            raise ValueError(raw)
+        return value
+
+    return check
+
+
+def _kv_cache_dtype(raw: str) -> str:
+    if raw not in KV_DTYPE_BYTES:
+        raise ValueError(raw)
+    return raw
+
+
+#: Engine flags that are planner inputs: (spec.serving field, converter, what is valid).
+_PLAN_INPUT_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
+    "max-num-seqs": ("maxNumSeqs", _in_range(int, 1, 4096), "an integer from 1 to 4096"),
+    "gpu-memory-utilization": (
+        "gpuMemoryUtilization",
+        _in_range(float, 0.5, 0.98),
+        "a number from 0.5 to 0.98",
+    ),
+    "max-num-batched-tokens": (
+        "maxNumBatchedTokens",
+        _in_range(int, 256, 2**31 - 1),
+        "an integer of at least 256",
+    ),
+    "kv-cache-dtype": ("kvCacheDtype", _kv_cache_dtype, f"one of {', '.join(KV_DTYPE_BYTES)}"),
 }
 
 
@@ -310,7 +343,7 @@ def _parse_serving(serving: Mapping[str, Any], arch: ModelArch) -> Serving:
     # Engine flags that are planner inputs are folded into their spec.serving fields, so the
     # plan accounts for them; setting both to different values is a contradiction.
     folded: dict[str, Any] = {}
-    for flag, (key, convert) in _PLAN_INPUT_FLAGS.items():
+    for flag, (key, convert, valid) in _PLAN_INPUT_FLAGS.items():
         if flag not in args:
             continue
         raw = args.pop(flag)
@@ -318,7 +351,7 @@ def _parse_serving(serving: Mapping[str, Any], arch: ModelArch) -> Serving:
             value = convert(raw)
         except ValueError:
             raise SpecError(
-                f"spec.serving.engineArgs.{flag}", f"{raw!r} is not a valid value"
+                f"spec.serving.engineArgs.{flag}", f"{raw!r} is not valid: use {valid}"
             ) from None
         if serving.get(key) is not None and serving[key] != value:
             raise SpecError(

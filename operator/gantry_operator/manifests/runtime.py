@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -155,7 +156,7 @@ def _node_affinity(spec: ModelDeploymentSpec) -> dict[str, Any]:
     )
     # Terms are ORed; our expressions must hold in every one of them, so AND them into each.
     terms = [
-        {**term, "matchExpressions": [*term.get("matchExpressions", []), *ours]}
+        {**term, "matchExpressions": [*term.get("matchExpressions", []), *copy.deepcopy(ours)]}
         for term in user_terms
     ] or [{"matchExpressions": ours}]
     node_affinity: dict[str, Any] = {
@@ -181,19 +182,19 @@ def _probes(plan: Plan) -> dict[str, Any]:
     startup_budget = max(600, 3 * plan.expected_load_seconds)
     return {
         "startupProbe": {
-            "httpGet": http,
+            "httpGet": dict(http),
             "periodSeconds": PROBE_PERIOD_SECONDS,
             "timeoutSeconds": 5,
             "failureThreshold": math.ceil(startup_budget / PROBE_PERIOD_SECONDS),
         },
         "readinessProbe": {
-            "httpGet": http,
+            "httpGet": dict(http),
             "periodSeconds": 5,
             "timeoutSeconds": 5,
             "failureThreshold": 3,
         },
         "livenessProbe": {
-            "httpGet": http,
+            "httpGet": dict(http),
             "periodSeconds": 15,
             "timeoutSeconds": 10,
             "failureThreshold": 4,
