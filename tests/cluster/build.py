@@ -141,17 +141,19 @@ def build_kubernetes(work: Path) -> None:
 
 def build_etcd(work: Path) -> None:
     main = (
-        "package main\n\nimport (\n\t\"os\"\n\n\t\"go.etcd.io/etcd/server/v3/etcdmain\"\n)\n\n"
+        'package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\n'
         "func main() { etcdmain.Main(os.Args) }\n"
     )
     _module(work, "etcd", f"require go.etcd.io/etcd/server/v3 {versions.ETCD}\n", {"main.go": main})
     _install(ETCD, work, ["."], "-s -w")
 
 
-def _tool_module(work: Path, component: Component, module: str, package: str) -> None:
+def _tool_module(
+    work: Path, component: Component, module: str, package: str, ldflags: str = ""
+) -> None:
     imports = f'//go:build tools\n\npackage tools\n\nimport _ "{package}"\n'
     _module(work, component.name, f"require {module} {component.version}\n", {"tools.go": imports})
-    _install(component, work, [package], "-s -w")
+    _install(component, work, [package], f"-s -w {ldflags}".strip())
 
 
 def build_kwok(work: Path) -> None:
@@ -159,10 +161,21 @@ def build_kwok(work: Path) -> None:
 
 
 def build_helm(work: Path) -> None:
-    _tool_module(work, HELM, "helm.sh/helm/v3", "helm.sh/helm/v3/cmd/helm")
+    # Version ldflags as Helm's Makefile sets them: `helm version` reports the release, and
+    # offline `helm template`/`lint` assume the Kubernetes minor we run, not v1.20.
+    major, minor, _ = versions.KUBERNETES.lstrip("v").split(".")
+    flags = [f"-X helm.sh/helm/v3/internal/version.version={versions.HELM}"]
+    for pkg in ("helm.sh/helm/v3/pkg/chartutil", "helm.sh/helm/v3/pkg/lint/rules"):
+        flags += [f"-X {pkg}.k8sVersionMajor={major}", f"-X {pkg}.k8sVersionMinor={minor}"]
+    _tool_module(work, HELM, "helm.sh/helm/v3", "helm.sh/helm/v3/cmd/helm", " ".join(flags))
 
 
-BUILDERS = {"kubernetes": build_kubernetes, "etcd": build_etcd, "kwok": build_kwok, "helm": build_helm}
+BUILDERS = {
+    "kubernetes": build_kubernetes,
+    "etcd": build_etcd,
+    "kwok": build_kwok,
+    "helm": build_helm,
+}
 
 
 def ensure_built(names: Sequence[str] | None = None) -> None:
@@ -175,7 +188,8 @@ def ensure_built(names: Sequence[str] | None = None) -> None:
         return
     cache_dir().mkdir(parents=True, exist_ok=True)
     _say(
-        "first build of " + ", ".join(f"{c.name} {c.version}" for c in missing)
+        "first build of "
+        + ", ".join(f"{c.name} {c.version}" for c in missing)
         + f" into {cache_dir() / 'bin'} (about 15-25 minutes on 2 cores, once per machine)"
     )
     for component in missing:
