@@ -14,12 +14,12 @@ through the stages the real CLI runs:
    bad type or choice) is caught with its message.
 2. ``validate``: ``validate_parsed_serve_args``, as ``vllm serve`` runs it before starting.
 3. ``engine`` (when ``engine`` is true): ``AsyncEngineArgs.from_cli_args`` with the model
-   replaced by ``config_dir`` and ``skip_tokenizer_init``, then ``create_engine_config`` for the
-   OpenAI server. This is where model-dependent checks run (TP must divide the heads, context
-   length, quantization, enum values). It runs on vLLM's CPU platform (``VLLM_TARGET_DEVICE=cpu``,
-   ``HF_HUB_OFFLINE=1``; set here when the caller did not): the CPU platform adjusts a few
-   settings afterwards (e.g. async scheduling off), so the ``engine`` summary is what vLLM
-   accepted, not what a GPU would run.
+   replaced by ``config_dir``, ``skip_tokenizer_init`` and no reasoning parser, then
+   ``create_engine_config`` for the OpenAI server. This is where model-dependent checks run
+   (TP must divide the heads, context length, quantization, enum values). It runs on vLLM's
+   CPU platform (``VLLM_TARGET_DEVICE=cpu``, ``HF_HUB_OFFLINE=1``; set here when the caller
+   did not): the CPU platform adjusts a few settings afterwards (e.g. async scheduling off),
+   so the ``engine`` summary is what vLLM accepted, not what a GPU would run.
 
 Output on stdout, one JSON object: ``{"vllm_version", "platform", "import_seconds",
 "results": [...]}``; each result has ``id``, ``ok``, ``stage`` (where it failed, or null),
@@ -157,6 +157,9 @@ def check_case(vllm: Vllm, case: dict[str, Any], capture: _Capture) -> dict[str,
             # The model is replaced before the engine args are built: their __post_init__
             # resolves it (a path that does not exist here would be taken for a hub repo id).
             namespace.model = str(case["config_dir"])
+            # Reasoning parsers are built from the tokenizer, which the test data does not ship
+            # (config.json only); their names were already checked by the parse stage.
+            namespace.reasoning_parser = ""
             engine_args = vllm.engine_args.from_cli_args(namespace)
             vllm.propagate(namespace, engine_args)
             engine_args.skip_tokenizer_init = True

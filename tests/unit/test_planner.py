@@ -1,0 +1,827 @@
+"""The sharding planner's arithmetic, recomputed independently.
+
+Expected numbers here come from the formula documented in ``planner.py`` and ``docs/planner.md``
+and from the architecture facts in FACTS.md (cross-checked against the copies of each model's
+``config.json`` in ``tests/data/models``), never from the planner's own output. Only two inputs are
+taken from the code: each model's weight bytes (checked against their documented derivation) and
+the device memory of each GPU profile.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gantry_operator import gpus, planner
+from gantry_operator.catalog import ModelArch, arch_from_mapping, preset, presets
+from gantry_operator.planner import DoesNotFitError, Plan, Request, plan_request
+from gantry_operator.spec import parse
+
+REPO = Path(__file__).resolve().parents[2]
+KIB, MIB, GIB = 1024, 1024**2, 1024**3
+
+# The documented constants (planner docstring and docs/planner.md), written out independently.
+UTILIZATION = 0.90
+BASE_OVERHEAD = 3 * GIB // 2  # CUDA context, cuBLAS workspace, CUDA graphs
+COMM_OVERHEAD = GIB // 2  # NCCL buffers when TP x PP > 1
+ACTIVATION_BYTES = 20  # per batched token per hidden unit
+BATCHED_TOKENS = 8192
+BLOCK_TOKENS = 16  # a sliding window holds up to one partial block beyond the window
+TYPICAL_REQUEST = 2048
+MAX_SEQS_CAP = 256
+LOAD_RATE = 500 * MIB  # bytes per second and GPU
+ENGINE_INIT = 120
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Architecture facts from FACTS.md; ``config`` names the config.json copy, if one exists."""
+
+    layers: int
+    sliding_layers: int
+    window: int
+    hidden: int
+    heads: int
+    kv_heads: int  # 0 for MLA
+    head_dim: int  # 0 for MLA
+    mla_latent: int  # kv_lora_rank + qk_rope_head_dim; 0 for GQA
+    max_context: int
+    config: str | None
+
+
+_DEEPSEEK = Facts(61, 0, 0, 7168, 128, 0, 0, 576, 163840, None)
+_QWEN3_MOE = Facts(94, 0, 0, 4096, 64, 4, 128, 0, 40960, None)
+_GLM45 = Facts(92, 0, 0, 5120, 96, 8, 128, 0, 131072, None)
+FACTS: dict[str, Facts] = {
+    "gpt-oss-120b": Facts(36, 18, 128, 2880, 64, 8, 64, 0, 131072, "gpt-oss-120b"),
+    "gpt-oss-20b": Facts(24, 12, 128, 2880, 64, 8, 64, 0, 131072, "gpt-oss-20b"),
+    "deepseek-v3": replace(_DEEPSEEK, config="deepseek-v3"),
+    "deepseek-r1": replace(_DEEPSEEK, config="deepseek-r1"),
+    "kimi-k2": Facts(61, 0, 0, 7168, 64, 0, 0, 576, 131072, "kimi-k2"),
+    "qwen3-235b-a22b": replace(_QWEN3_MOE, config="qwen3-235b-a22b"),
+    "qwen3-235b-a22b-fp8": replace(_QWEN3_MOE, config="qwen3-235b-a22b-fp8"),
+    "qwen3-32b": Facts(64, 0, 0, 5120, 64, 8, 128, 0, 40960, "qwen3-32b"),
+    "glm-4.5": _GLM45,  # no verbatim config.json (tests/data/models/SOURCES.md)
+    "glm-4.5-fp8": _GLM45,
+    "glm-4.5-air": Facts(46, 0, 0, 4096, 96, 8, 128, 0, 131072, "glm-4.5-air"),
+}
+
+
+def per_layer_bytes(f: Facts, tp: int, elem: int = 2) -> int:
+    """KV bytes one token adds to one layer on one GPU (FACTS.md "How vLLM counts KV")."""
+    if f.mla_latent:
+        return f.mla_latent * elem  # replicated on every rank
+    heads = f.kv_heads // tp if tp <= f.kv_heads else 1  # split, then replicated
+    return 2 * heads * f.head_dim * elem
+
+
+@dataclass(frozen=True)
+class Expected:
+    weights: int
+    overhead: int
+    kv: int
+    per_token: int
+    per_seq: int
+
+    def sequences(self, max_len: int) -> float:
+        return max(self.kv, 0) / (max_len * self.per_token + self.per_seq)
+
+    def fits(self, max_len: int, concurrency: int = 1) -> bool:
+        return self.kv > 0 and self.sequences(max_len) >= concurrency
+
+
+def expected(
+    model: str,
+    gpu: str,
+    tp: int,
+    pp: int,
+    max_len: int,
+    *,
+    elem: int = 2,
+    util: float = UTILIZATION,
+    batched: int = BATCHED_TOKENS,
+) -> Expected:
+    f = FACTS[model]
+    budget = int(gpus.PROFILES[gpu].memory_mib * MIB * util)
+    weights = math.ceil(preset(model).weight_bytes / (tp * pp))
+    overhead = BASE_OVERHEAD + batched * f.hidden * ACTIVATION_BYTES
+    if tp * pp > 1:
+        overhead += COMM_OVERHEAD
+    per_layer = per_layer_bytes(f, tp, elem)
+    full_per_stage = math.ceil((f.layers - f.sliding_layers) / pp)
+    sliding_per_stage = math.ceil(f.sliding_layers / pp)
+    window_tokens = min(f.window + BLOCK_TOKENS, max_len)
+    return Expected(
+        weights=weights,
+        overhead=overhead,
+        kv=budget - weights - overhead,
+        per_token=full_per_stage * per_layer,
+        per_seq=sliding_per_stage * window_tokens * per_layer,
+    )
+
+
+def valid_tp(model: str, tp: int) -> bool:
+    """docs/planner.md "Choosing the layout" rule 2 (FP8 blocks turn on expert parallel)."""
+    f = FACTS[model]
+    if f.heads % tp:
+        return False
+    if f.mla_latent:
+        return True
+    return f.kv_heads % tp == 0 if tp <= f.kv_heads else tp % f.kv_heads == 0
+
+
+def candidates(model: str, node_gpus: int) -> list[tuple[int, int]]:
+    """Rule 3: fewest GPUs first, TP inside a node, PP only at the widest valid TP, <= 8 stages."""
+    tps = [t for t in (1, 2, 4, 8, 16) if t <= node_gpus and valid_tp(model, t)]
+    widest = max(tps)
+    pairs = [(t, 1) for t in tps] + [(widest, p) for p in range(2, 9)]
+    return sorted(pairs, key=lambda p: (p[0] * p[1], p[1]))
+
+
+def request(model: str, gpu: str = "H100-80GB", **kwargs: Any) -> Request:
+    """A planner request for a preset at its full context unless ``max_model_len`` is given."""
+    m = preset(model)
+    kwargs.setdefault("max_model_len", m.max_context)
+    return Request(model=m, gpu=gpus.profile(gpu), **kwargs)
+
+
+def assert_plan_matches(plan: Plan, model: str, gpu: str, tp: int, pp: int, exp: Expected) -> None:
+    """Every memory field of ``plan`` equals the independent computation."""
+    assert (plan.tensor_parallel_size, plan.pipeline_parallel_size) == (tp, pp)
+    assert plan.gpus_per_replica == tp * pp
+    assert plan.nodes_per_replica == math.ceil(tp * pp / gpus.PROFILES[gpu].gpus_per_node)
+    assert plan.weight_bytes_per_gpu == exp.weights
+    assert plan.overhead_bytes_per_gpu == exp.overhead
+    assert plan.kv_bytes_per_gpu == exp.kv
+    assert plan.kv_bytes_per_token == exp.per_token
+    assert plan.kv_cache_tokens == exp.kv // exp.per_token
+    assert plan.sequences_at_max_len == pytest.approx(exp.sequences(plan.max_model_len), rel=1e-12)
+    expected_load = ENGINE_INIT + preset(model).weight_bytes // (tp * pp * LOAD_RATE)
+    assert plan.expected_load_seconds == expected_load
+
+
+# --- the inputs: facts, config.json copies, weight figures -------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(FACTS))
+def test_catalog_matches_the_documented_facts(name: str) -> None:
+    f, m = FACTS[name], preset(name)
+    assert m.num_layers == f.layers
+    assert m.sliding_layers == f.sliding_layers
+    assert m.sliding_window == f.window
+    assert m.hidden_size == f.hidden
+    assert m.num_attention_heads == f.heads
+    assert m.max_context == f.max_context
+    if f.mla_latent:
+        assert (m.attention, m.mla_latent_dim) == ("mla", f.mla_latent)
+    else:
+        assert (m.attention, m.num_kv_heads, m.head_dim) == ("gqa", f.kv_heads, f.head_dim)
+
+
+def test_every_preset_has_facts() -> None:
+    assert set(presets()) == set(FACTS)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in FACTS.items() if f.config))
+def test_facts_match_the_config_json_copies(name: str) -> None:
+    f = FACTS[name]
+    assert f.config is not None
+    config = json.loads((REPO / "tests/data/models" / f.config / "config.json").read_text())
+    assert config["num_hidden_layers"] == f.layers
+    assert config["hidden_size"] == f.hidden
+    assert config["num_attention_heads"] == f.heads
+    assert config["max_position_embeddings"] == f.max_context
+    if f.mla_latent:
+        assert config["kv_lora_rank"] + config["qk_rope_head_dim"] == f.mla_latent
+    else:
+        assert config["num_key_value_heads"] == f.kv_heads
+        assert config["head_dim"] == f.head_dim
+    layer_types = config.get("layer_types", [])
+    assert layer_types.count("sliding_attention") == f.sliding_layers
+    if f.sliding_layers:
+        assert config["sliding_window"] == f.window
+
+
+def test_weight_figures_follow_their_documented_derivation() -> None:
+    # gpt-oss-120b: the 65 GiB vLLM reports holding at TP 1 (64.4 to 66.0 GiB reported).
+    assert preset("gpt-oss-120b").weight_bytes == 65 * GIB
+    # gpt-oss-20b: its 13,761,264,768-byte checkpoint scaled by the 120b GPU/checkpoint ratio.
+    ratio = 65 * GIB / 65_248_815_744
+    assert preset("gpt-oss-20b").weight_bytes == pytest.approx(13_761_264_768 * ratio, abs=1)
+    # DeepSeek-V3/R1: the 688,574,839,360-byte checkpoint minus the MTP layer vLLM skips.
+    for name in ("deepseek-v3", "deepseek-r1"):
+        assert preset(name).weight_bytes == 688_574_839_360 - 15_424_227_552
+
+
+def test_gpu_memory_is_what_the_driver_reports() -> None:
+    # MiB that GPU feature discovery puts in nvidia.com/gpu.memory (an "80GB" H100: 81559).
+    assert gpus.PROFILES["H100-80GB"].memory_mib == 81559
+    assert gpus.PROFILES["H200"].memory_mib == 143771
+    assert gpus.PROFILES["H100-80GB"].memory_bytes == 81559 * MIB
+
+
+# --- KV bytes per token -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tp", "per_token"), [(1, 36 * KIB), (2, 18 * KIB), (4, 9 * KIB), (8, 9 * KIB // 2)]
+)
+def test_gpt_oss_120b_kv_per_token_divides_by_tp(tp: int, per_token: int) -> None:
+    # 18 full-attention layers x 2 (K, V) x 8 KV heads / TP x 64 head dim x 2 bytes.
+    assert 18 * 2 * (8 // tp) * 64 * 2 == per_token
+    plan = plan_request(request("gpt-oss-120b", tensor=tp, pipeline=1, max_model_len=4096))
+    assert plan.kv_bytes_per_token == per_token
+
+
+def test_gpt_oss_kv_figures_from_facts() -> None:
+    m120, m20 = preset("gpt-oss-120b"), preset("gpt-oss-20b")
+    assert m120.kv_bytes_per_token_per_layer(1) == 2 * KIB
+    assert m120.full_attention_layers * m120.kv_bytes_per_token_per_layer(1) == 36 * KIB
+    assert m20.full_attention_layers * m20.kv_bytes_per_token_per_layer(1) == 24 * KIB
+    # One 131072-token sequence on 120b: 4.5 GiB.
+    assert 131072 * 36 * KIB == 9 * GIB // 2
+
+
+@pytest.mark.parametrize("name", ["deepseek-v3", "deepseek-r1", "kimi-k2"])
+@pytest.mark.parametrize("tp", [1, 2, 4, 8, 16])
+def test_mla_kv_per_token_is_replicated_whatever_the_tp(name: str, tp: int) -> None:
+    m = preset(name)
+    assert m.num_layers * m.kv_bytes_per_token_per_layer(tp) == 70_272  # 61 x 576 x 2 B
+    assert m.num_layers * m.kv_bytes_per_token_per_layer(tp, "fp8") == 35_136
+
+
+def test_mla_plan_uses_the_replicated_latent() -> None:
+    plan = plan_request(request("deepseek-r1", "H200", tensor=8, pipeline=1))
+    assert plan.kv_bytes_per_token == 70_272
+
+
+def test_gqa_kv_heads_replicate_beyond_their_count() -> None:
+    """Qwen3-235B has 4 KV heads: TP 8 and 16 keep one head per rank, as TP 4 does."""
+    m = preset("qwen3-235b-a22b")
+    assert [m.kv_heads_per_rank(tp) for tp in (1, 2, 4, 8, 16)] == [4, 2, 1, 1, 1]
+    assert m.kv_bytes_per_token_per_layer(8) == m.kv_bytes_per_token_per_layer(4) == 512
+    plan = plan_request(request("qwen3-235b-a22b", tensor=8, pipeline=1))
+    assert plan.kv_bytes_per_token == 192_512 // 4 == 94 * 512  # FACTS: 192,512 total, /TP to 4
+    assert m.tp_problem(8) is None
+    assert m.tp_problem(16) is None
+
+
+def test_fp8_kv_cache_halves_kv_bytes() -> None:
+    auto = plan_request(request("gpt-oss-120b", tensor=1, pipeline=1))
+    fp8 = plan_request(request("gpt-oss-120b", tensor=1, pipeline=1, kv_cache_dtype="fp8"))
+    assert auto.kv_bytes_per_token == 36 * KIB
+    assert fp8.kv_bytes_per_token == 18 * KIB
+    assert fp8.kv_bytes_per_gpu == auto.kv_bytes_per_gpu  # same budget, smaller elements
+    assert fp8.kv_cache_tokens == auto.kv_bytes_per_gpu // (18 * KIB)
+    assert fp8.kv_cache_dtype == "fp8"
+    exp = expected("gpt-oss-120b", "H100-80GB", 1, 1, 131072, elem=1)
+    assert_plan_matches(fp8, "gpt-oss-120b", "H100-80GB", 1, 1, exp)
+
+
+def test_fp8_kv_cache_needs_fewer_gpus_for_the_same_concurrency() -> None:
+    # BF16 KV: one H100 holds 1.05 full sequences, so two need TP 2; FP8 KV holds 2.1.
+    assert not expected("gpt-oss-120b", "H100-80GB", 1, 1, 131072).fits(131072, 2)
+    assert expected("gpt-oss-120b", "H100-80GB", 1, 1, 131072, elem=1).fits(131072, 2)
+    assert plan_request(request("gpt-oss-120b", target_concurrency=2)).gpus_per_replica == 2
+    fp8 = plan_request(request("gpt-oss-120b", target_concurrency=2, kv_cache_dtype="fp8"))
+    assert fp8.gpus_per_replica == 1
+
+
+# --- gpt-oss on every GPU profile ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_len", [131072, 16384])
+@pytest.mark.parametrize("tp", [1, 2, 4, 8])
+@pytest.mark.parametrize("gpu", list(gpus.PROFILES))
+@pytest.mark.parametrize("model", ["gpt-oss-120b", "gpt-oss-20b"])
+def test_gpt_oss_memory_on_every_gpu(model: str, gpu: str, tp: int, max_len: int) -> None:
+    exp = expected(model, gpu, tp, 1, max_len)
+    req = request(model, gpu, tensor=tp, pipeline=1, max_model_len=max_len)
+    if not exp.fits(max_len):
+        with pytest.raises(DoesNotFitError) as info:
+            plan_request(req)
+        if exp.kv <= 0:
+            assert "leaves no room for KV cache" in str(info.value)
+        else:
+            assert f"{exp.sequences(max_len):.1f} sequences of {max_len} tokens" in str(info.value)
+        return
+    plan = plan_request(req)
+    assert_plan_matches(plan, model, gpu, tp, 1, exp)
+    assert plan.max_model_len == max_len
+    assert plan.gpu_memory_utilization == UTILIZATION
+    assert plan.max_num_batched_tokens == BATCHED_TOKENS
+    assert plan.expert_parallel is False  # MXFP4, no FP8 blocks
+    assert plan.max_num_seqs == max(1, min(MAX_SEQS_CAP, exp.kv // exp.per_token // 2048))
+
+
+@pytest.mark.parametrize("gpu", list(gpus.PROFILES))
+@pytest.mark.parametrize("model", ["gpt-oss-120b", "gpt-oss-20b"])
+def test_gpt_oss_smallest_plan_on_every_gpu(model: str, gpu: str) -> None:
+    node = gpus.PROFILES[gpu].gpus_per_node
+    order = candidates(model, node)
+    fitting = [(tp, pp) for tp, pp in order if expected(model, gpu, tp, pp, 131072).fits(131072)]
+    plan = plan_request(request(model, gpu))
+    tp, pp = fitting[0]
+    assert_plan_matches(plan, model, gpu, tp, pp, expected(model, gpu, tp, pp, 131072))
+
+
+def test_gpt_oss_120b_on_one_h100_by_hand() -> None:
+    """The tight case, worked through: 71.7 GiB budget - 65 GiB - 1.94 GiB leaves 4.74 GiB."""
+    budget = int(81559 * MIB * 0.9)
+    overhead = 3 * GIB // 2 + 8192 * 2880 * 20
+    kv = budget - 65 * GIB - overhead
+    assert overhead == 2_082_471_936
+    assert kv == 5_093_038_489
+    per_seq = 18 * (128 + 16) * 2 * KIB  # sliding layers hold the window plus a block
+    sequences = kv / (131072 * 36 * KIB + per_seq)
+    assert 1.0 < sequences < 1.1  # fits one full-context sequence, not two
+    plan = plan_request(request("gpt-oss-120b"))
+    assert plan.gpus_per_replica == 1
+    assert plan.kv_bytes_per_gpu == kv
+    assert plan.kv_cache_tokens == kv // (36 * KIB) == 138_157
+    assert plan.max_num_seqs == 138_157 // 2048 == 67
+
+
+def test_plan_is_conservative_against_a_public_measurement() -> None:
+    """FACTS: one H100 at 0.95 utilization left ~13 GB KV, about 370K tokens, in a public run.
+    Gantry's 65 GiB weight figure is higher than that run's ~61 GB, so it must plan fewer
+    tokens, but not wildly fewer."""
+    plan = plan_request(request("gpt-oss-120b", gpu_memory_utilization=0.95))
+    assert 0.6 * 370_000 < plan.kv_cache_tokens < 370_000
+
+
+# --- every catalog model on H100 and H200 -------------------------------------------------------
+
+# (TP, PP) of the smallest plan at the model's full context and one sequence, worked by hand:
+# H100 budget 71.7 GiB, H200 126.4 GiB per GPU (0.90 x device memory); e.g. deepseek on H100:
+# 626.9 GiB / 8 = 78.4 GiB does not fit, / 16 = 39.2 GiB leaves 29.4 GiB for 31 layers x
+# 1152 B x 163840 tokens = 5.4 GiB. Kimi K2 on H200: 958.5 GiB / 8 = 119.8 GiB + 3.1 GiB
+# overhead leaves 3.5 GiB, less than one 4.4 GiB sequence, hence TP 8 x PP 2 (the recipe's
+# 16 GPUs).
+SMALLEST: dict[tuple[str, str], tuple[int, int]] = {
+    ("gpt-oss-120b", "H100-80GB"): (1, 1),
+    ("gpt-oss-20b", "H100-80GB"): (1, 1),
+    ("deepseek-v3", "H100-80GB"): (8, 2),
+    ("deepseek-r1", "H100-80GB"): (8, 2),
+    ("kimi-k2", "H100-80GB"): (8, 2),
+    ("qwen3-235b-a22b", "H100-80GB"): (8, 1),
+    ("qwen3-235b-a22b-fp8", "H100-80GB"): (4, 1),
+    ("qwen3-32b", "H100-80GB"): (2, 1),  # recipe: TP 2
+    ("glm-4.5", "H100-80GB"): (8, 2),  # recipe: BF16 needs 16 H100
+    ("glm-4.5-fp8", "H100-80GB"): (8, 1),  # recipe: FP8 TP 8 on H100
+    ("glm-4.5-air", "H100-80GB"): (4, 1),
+    ("gpt-oss-120b", "H200"): (1, 1),
+    ("gpt-oss-20b", "H200"): (1, 1),
+    ("deepseek-v3", "H200"): (8, 1),  # recipe: 8 x H200
+    ("deepseek-r1", "H200"): (8, 1),
+    ("kimi-k2", "H200"): (8, 2),
+    ("qwen3-235b-a22b", "H200"): (4, 1),  # recipe: TP 4 on H200
+    ("qwen3-235b-a22b-fp8", "H200"): (2, 1),
+    ("qwen3-32b", "H200"): (1, 1),
+    ("glm-4.5", "H200"): (8, 1),  # recipe: or 8 H200
+    ("glm-4.5-fp8", "H200"): (4, 1),
+    ("glm-4.5-air", "H200"): (2, 1),
+}
+
+
+def test_smallest_table_covers_every_preset() -> None:
+    assert {m for m, _ in SMALLEST} == set(presets())
+
+
+@pytest.mark.parametrize(("model", "gpu"), sorted(SMALLEST))
+def test_smallest_plan_for_every_catalog_model(model: str, gpu: str) -> None:
+    tp, pp = SMALLEST[(model, gpu)]
+    max_len = FACTS[model].max_context
+    plan = plan_request(request(model, gpu))
+    assert (plan.tensor_parallel_size, plan.pipeline_parallel_size) == (tp, pp)
+    assert plan.gpus_per_replica == tp * pp
+    assert plan.nodes_per_replica == (2 if tp * pp == 16 else 1)
+    assert plan.expert_parallel is False  # every chosen TP slices FP8 blocks evenly
+    exp = expected(model, gpu, tp, pp, max_len)
+    assert exp.fits(max_len)
+    assert_plan_matches(plan, model, gpu, tp, pp, exp)
+    # Every smaller candidate, in the documented order, does not fit.
+    order = candidates(model, 8)
+    earlier = order[: order.index((tp, pp))]
+    for etp, epp in earlier:
+        assert not expected(model, gpu, etp, epp, max_len).fits(max_len), (etp, epp)
+    # One step down, explicitly requested, is refused by the planner too.
+    if earlier:
+        etp, epp = earlier[-1]
+        with pytest.raises(DoesNotFitError):
+            plan_request(request(model, gpu, tensor=etp, pipeline=epp))
+
+
+def test_multi_node_plan_reports_its_nodes() -> None:
+    plan = plan_request(request("kimi-k2", "H100-80GB"))
+    assert plan.nodes_per_replica == 2
+    assert plan.gpus_per_node == 8
+    assert "on 16 x H100-80GB (2 nodes)" in plan.summary
+    assert plan.to_status()["nodesPerReplica"] == 2
+
+
+def test_gpus_per_node_override_spreads_stages_over_more_nodes() -> None:
+    # Four GPUs per node: TP is capped at 4; 12 GPUs hold 79.9 GiB each (too much), 16 fit.
+    assert not expected("kimi-k2", "H100-80GB", 4, 3, 131072).fits(131072)
+    assert expected("kimi-k2", "H100-80GB", 4, 4, 131072).fits(131072)
+    plan = plan_request(request("kimi-k2", gpus_per_node=4))
+    assert (plan.tensor_parallel_size, plan.pipeline_parallel_size) == (4, 4)
+    assert (plan.nodes_per_replica, plan.gpus_per_node) == (4, 4)
+
+
+@pytest.mark.parametrize("pp", [2, 3, 4, 5])
+def test_pipeline_stages_hold_their_share_of_layers(pp: int) -> None:
+    """Each stage holds its layers rounded up: 61 / 4 -> 16 layers, 18 / 4 -> 5 of each kind."""
+    plan = plan_request(request("deepseek-r1", "H200", tensor=8, pipeline=pp))
+    assert plan.kv_bytes_per_token == math.ceil(61 / pp) * 1152
+    assert_plan_matches(
+        plan, "deepseek-r1", "H200", 8, pp, expected("deepseek-r1", "H200", 8, pp, 163840)
+    )
+    oss = plan_request(request("gpt-oss-120b", tensor=1, pipeline=pp))
+    assert oss.kv_bytes_per_token == math.ceil(18 / pp) * 2 * KIB
+    assert_plan_matches(
+        oss,
+        "gpt-oss-120b",
+        "H100-80GB",
+        1,
+        pp,
+        expected("gpt-oss-120b", "H100-80GB", 1, pp, 131072),
+    )
+
+
+# --- valid tensor sizes -------------------------------------------------------------------------
+
+
+def test_gpt_oss_tensor_sizes() -> None:
+    m = preset("gpt-oss-120b")
+    assert [tp for tp in (1, 2, 3, 4, 5, 6, 8) if m.tp_problem(tp) is None] == [1, 2, 4, 8]
+    assert m.tp_problem(3) == "64 attention heads are not divisible by tensor parallel size 3"
+    assert m.tp_problem(0) is not None
+
+
+@pytest.mark.parametrize("override", [{"tensor": 3}, {"count": 3}, {"tensor": 3, "pipeline": 1}])
+def test_gpt_oss_tp_3_is_refused_naming_the_rule(override: dict[str, Any]) -> None:
+    with pytest.raises(DoesNotFitError) as info:
+        plan_request(request("gpt-oss-120b", **override))
+    assert str(info.value) == (
+        "spec.parallelism: gpt-oss-120b: 64 attention heads are not divisible by tensor "
+        "parallel size 3"
+    )
+
+
+def _custom(**overrides: object) -> ModelArch:
+    base: dict[str, object] = {
+        "name": "six-kv",
+        "repo": "example/six-kv",
+        "architecture": "LlamaForCausalLM",
+        "numLayers": 40,
+        "hiddenSize": 6144,
+        "numAttentionHeads": 48,
+        "numKvHeads": 6,
+        "headDim": 128,
+        "maxContext": 32768,
+        "weightBytes": 200 * GIB,
+        "weightDtype": "bf16",
+    }
+    base.update(overrides)
+    return arch_from_mapping(base)
+
+
+def test_gqa_heads_must_split_or_replicate_evenly() -> None:
+    m = _custom()
+    assert m.tp_problem(2) is None
+    assert m.tp_problem(12) is None  # a multiple of 6: each rank holds a replica
+    assert m.tp_problem(4) == "6 KV heads cannot be split or replicated evenly over 4 ranks"
+    assert m.tp_problem(8) == "6 KV heads cannot be split or replicated evenly over 8 ranks"
+    with pytest.raises(DoesNotFitError, match="6 KV heads cannot be split"):
+        plan_request(Request(model=m, gpu=gpus.profile("H100-80GB"), max_model_len=8192, tensor=4))
+
+
+def test_pipeline_stages_use_the_widest_valid_tensor_size() -> None:
+    """TP 4 and 8 are invalid for 6 KV heads, so 200 GiB on 80 GB GPUs becomes TP 2 x PP 2."""
+    m = _custom()
+    plan = plan_request(Request(model=m, gpu=gpus.profile("H100-80GB"), max_model_len=32768))
+    assert (plan.tensor_parallel_size, plan.pipeline_parallel_size) == (2, 2)
+    assert plan.kv_bytes_per_token == 20 * 2 * 3 * 128 * 2  # 20 layers per stage, 3 heads/rank
+
+
+def test_fp8_blocks_turn_on_expert_parallel() -> None:
+    """Qwen3-235B-FP8: expert width 1536 = 12 blocks of 128, so TP 8 slices 1.5 blocks."""
+    m = preset("qwen3-235b-a22b-fp8")
+    assert m.tp_problem(4) is None  # 384 = 3 blocks
+    problem = m.tp_problem(8)
+    assert problem is not None
+    assert "FP8 block quantisation" in problem
+    assert "use expert parallel" in problem
+    assert m.tp_problem(8, expert_parallel=True) is None
+    assert plan_request(request(m.name, tensor=4)).expert_parallel is False
+    assert plan_request(request(m.name, tensor=8)).expert_parallel is True
+    # The smallest plan on L40S (48 GB) is TP 8 and turns expert parallel on by itself.
+    assert not expected(m.name, "L40S", 4, 1, 40960).fits(40960)
+    on_l40s = plan_request(request(m.name, "L40S"))
+    assert (on_l40s.tensor_parallel_size, on_l40s.expert_parallel) == (8, True)
+
+
+def test_fp8_blocks_without_expert_parallel_are_refused() -> None:
+    with pytest.raises(DoesNotFitError, match=r"^spec\.parallelism: .*FP8 block quantisation"):
+        plan_request(request("qwen3-235b-a22b-fp8", tensor=8, expert=False))
+
+
+def test_explicit_expert_parallel_is_kept() -> None:
+    assert plan_request(request("qwen3-235b-a22b-fp8", tensor=4, expert=True)).expert_parallel
+    # A dense model never gets expert parallel on its own.
+    assert plan_request(request("qwen3-32b", tensor=8)).expert_parallel is False
+
+
+@pytest.mark.parametrize("name", ["deepseek-v3", "kimi-k2"])
+def test_deepseek_style_fp8_blocks_allow_tp_16(name: str) -> None:
+    m = preset(name)
+    assert m.tp_problem(16) is None  # 2048 / 16 = 128: one whole block
+
+
+# --- explicit overrides -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "gpu", "override", "layout"),
+    [
+        ("gpt-oss-20b", "H100-80GB", {"count": 2}, (2, 1)),
+        ("gpt-oss-20b", "H100-80GB", {"count": 8}, (8, 1)),
+        ("gpt-oss-120b", "H100-80GB", {"count": 16}, (8, 2)),
+        ("gpt-oss-20b", "H100-80GB", {"count": 4, "pipeline": 2}, (2, 2)),
+        ("gpt-oss-20b", "H100-80GB", {"count": 4, "tensor": 4}, (4, 1)),
+        ("gpt-oss-20b", "H100-80GB", {"tensor": 2}, (2, 1)),
+        ("gpt-oss-20b", "H100-80GB", {"pipeline": 2}, (1, 2)),
+        ("gpt-oss-20b", "H100-80GB", {"tensor": 2, "pipeline": 2}, (2, 2)),
+        ("gpt-oss-120b", "L40S", {"tensor": 1}, (1, 2)),  # 65 GiB > 40.5 GiB: two stages
+        ("gpt-oss-20b", "L4", {"count": 8}, (4, 2)),  # TP stays within a 4-GPU node
+    ],
+)
+def test_explicit_counts_and_sizes(
+    model: str, gpu: str, override: dict[str, Any], layout: tuple[int, int]
+) -> None:
+    plan = plan_request(request(model, gpu, **override))
+    tp, pp = layout
+    max_len = FACTS[model].max_context
+    assert_plan_matches(plan, model, gpu, tp, pp, expected(model, gpu, tp, pp, max_len))
+
+
+def test_tensor_override_adds_stages_only_as_needed() -> None:
+    assert not expected("gpt-oss-120b", "L40S", 1, 1, 131072).fits(131072)
+    assert expected("gpt-oss-120b", "L40S", 1, 2, 131072).fits(131072)
+
+
+def test_utilization_and_batch_overrides_change_the_budget() -> None:
+    plan = plan_request(
+        request(
+            "gpt-oss-20b",
+            tensor=1,
+            gpu_memory_utilization=0.95,
+            max_num_batched_tokens=2048,
+            max_num_seqs=32,
+        )
+    )
+    exp = expected("gpt-oss-20b", "H100-80GB", 1, 1, 131072, util=0.95, batched=2048)
+    assert_plan_matches(plan, "gpt-oss-20b", "H100-80GB", 1, 1, exp)
+    assert (plan.gpu_memory_utilization, plan.max_num_batched_tokens) == (0.95, 2048)
+    assert plan.max_num_seqs == 32
+
+
+def test_max_num_seqs_never_drops_below_the_target_concurrency() -> None:
+    small = plan_request(request("gpt-oss-20b", max_model_len=1024, target_concurrency=8))
+    assert small.max_num_seqs == MAX_SEQS_CAP  # millions of tokens: the cap applies
+    large = plan_request(request("gpt-oss-20b", max_model_len=1024, target_concurrency=512))
+    assert large.max_num_seqs == 512  # the guarantee wins over the cap
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            {"count": 12},
+            "spec.gpu.count=12 cannot be split into tensor-parallel groups of at most 8 GPUs "
+            "per node; use a multiple of 8 or at most 8",
+        ),
+        (
+            {"count": 6, "tensor": 4},
+            "spec.gpu.count=6 is not a multiple of spec.parallelism.tensor=4; set count to a "
+            "multiple of the tensor size",
+        ),
+        (
+            {"count": 8, "pipeline": 3},
+            "spec.gpu.count=8 is not a multiple of spec.parallelism.pipeline=3",
+        ),
+    ],
+)
+def test_impossible_counts_are_explained(override: dict[str, Any], message: str) -> None:
+    with pytest.raises(DoesNotFitError) as info:
+        plan_request(request("gpt-oss-20b", **override))
+    assert str(info.value) == message
+
+
+# --- does-not-fit messages ----------------------------------------------------------------------
+
+
+def test_too_small_count_names_the_smallest_fit_and_a_context_that_fits() -> None:
+    req = request("gpt-oss-120b", count=1, target_concurrency=4)
+    exp = expected("gpt-oss-120b", "H100-80GB", 1, 1, 131072)
+    fitting = int((exp.kv / 4 - exp.per_seq) / exp.per_token) // 1024 * 1024
+    assert fitting == 33792
+    with pytest.raises(DoesNotFitError) as info:
+        plan_request(req)
+    assert str(info.value) == (
+        "gpt-oss-120b at 131072 context x 4 concurrent sequences needs at least "
+        "2 x H100-80GB; spec.gpu.count=1 leaves "
+        f"{exp.kv / GIB:.1f} GiB per GPU for KV cache, {exp.sequences(131072):.1f} sequences "
+        "of 131072 tokens; spec.serving.maxContextLength=33792 would fit"
+    )
+    # The suggestion is right: 33792 fits, the next 1024 step does not.
+    assert plan_request(replace(req, max_model_len=33792)).gpus_per_replica == 1
+    with pytest.raises(DoesNotFitError):
+        plan_request(replace(req, max_model_len=33792 + 1024))
+
+
+def test_weights_that_do_not_fit_are_explained() -> None:
+    with pytest.raises(DoesNotFitError) as info:
+        plan_request(request("gpt-oss-120b", "A100-40GB", count=1))
+    # 40960 MiB x 0.9 = 36.0 GiB; 65 GiB + 1.94 GiB overhead is 30.9 GiB too much.
+    assert str(info.value) == (
+        "gpt-oss-120b at 131072 context needs at least 4 x A100-40GB; spec.gpu.count=1 leaves "
+        "no room for KV cache: weights 65.0 GiB + overhead 1.9 GiB per GPU exceed 36.0 GiB "
+        "(A100-40GB at 0.90 utilization; short by 30.9 GiB)"
+    )
+
+
+def test_multi_node_smallest_fit_names_its_nodes() -> None:
+    with pytest.raises(DoesNotFitError) as info:
+        plan_request(request("kimi-k2", count=8))
+    assert str(info.value).startswith(
+        "kimi-k2 at 131072 context needs at least 16 x H100-80GB (2 nodes); "
+        "spec.gpu.count=8 leaves no room for KV cache"
+    )
+
+
+def test_nothing_fits_anywhere_lists_the_fixes() -> None:
+    """Kimi K2 on L4: even 32 GPUs (8 stages of TP 4) hold 30 GiB of weights each."""
+    with pytest.raises(DoesNotFitError) as info:
+        plan_request(request("kimi-k2", "L4"))
+    message = str(info.value)
+    assert message.startswith(
+        "kimi-k2 at 131072 context does not fit on up to 32 x L4: choose a larger "
+        "spec.gpu.type, lower spec.serving.maxContextLength or targetConcurrency, or use "
+        "kvCacheDtype fp8; TP x PP=32 leaves no room for KV cache: weights 30.0 GiB"
+    )
+    with pytest.raises(DoesNotFitError, match=r"^kimi-k2 at 131072 context does not fit on L4 "):
+        plan_request(request("kimi-k2", "L4", count=4))
+
+
+def test_kv_limited_unconstrained_failure_suggests_a_context() -> None:
+    """Twenty full-context sequences on L4s: even 32 GPUs hold fewer."""
+    with pytest.raises(DoesNotFitError) as info:
+        plan_request(request("gpt-oss-120b", "L4", target_concurrency=200))
+    message = str(info.value)
+    assert "does not fit on up to 32 x L4" in message
+    assert "TP x PP=32 leaves" in message
+    assert "spec.serving.maxContextLength=" in message
+
+
+#: Compute capability each weight format needs (docs/planner.md rule 1).
+NEEDS = {"mxfp4": (8, 0), "bf16": (8, 0), "fp8": (8, 9)}
+
+
+@pytest.mark.parametrize("name", sorted(presets()))
+def test_catalog_compute_capability_follows_the_weight_format(name: str) -> None:
+    m = preset(name)
+    assert m.min_compute_capability == NEEDS[m.weight_dtype]
+
+
+@pytest.mark.parametrize(
+    "gpu", [g for g, p in gpus.PROFILES.items() if p.compute_capability < (8, 9)]
+)
+def test_fp8_weights_are_refused_on_older_gpus(gpu: str) -> None:
+    have = ".".join(map(str, gpus.PROFILES[gpu].compute_capability))
+    with pytest.raises(DoesNotFitError) as info:
+        plan_request(request("deepseek-r1", gpu))
+    assert str(info.value) == (
+        f"deepseek-r1 (fp8 weights) needs GPU compute capability 8.9 or newer; {gpu} is "
+        f"{have}: choose another spec.gpu.type"
+    )
+
+
+def test_context_beyond_the_model_is_refused() -> None:
+    with pytest.raises(DoesNotFitError, match="max context 262144 exceeds gpt-oss-20b's 131072"):
+        plan_request(request("gpt-oss-20b", max_model_len=262144))
+
+
+# --- the plan as status, and from a parsed spec -------------------------------------------------
+
+
+def test_plan_status_fields() -> None:
+    plan = plan_request(request("gpt-oss-120b", target_concurrency=4))
+    status = plan.to_status()
+    assert status == {
+        "gpuType": "H100-80GB",
+        "tensorParallelSize": 2,
+        "pipelineParallelSize": 1,
+        "expertParallel": False,
+        "gpusPerReplica": 2,
+        "nodesPerReplica": 1,
+        "gpuMemoryUtilization": "0.90",
+        "maxModelLen": 131072,
+        "maxNumSeqs": plan.max_num_seqs,
+        "maxNumBatchedTokens": 8192,
+        "kvCacheDtype": "auto",
+        "weightsMiBPerGPU": 65 * GIB // 2 // MIB,
+        "kvCacheMiBPerGPU": plan.kv_bytes_per_gpu // MIB,
+        "kvCacheTokens": plan.kv_cache_tokens,
+        "sequencesAtMaxLen": f"{plan.sequences_at_max_len:.1f}",
+        "summary": plan.summary,
+    }
+    assert plan.summary.startswith("TP=2 PP=1 on 2 x H100-80GB (1 node): max-model-len 131072")
+
+
+def test_plan_from_a_parsed_spec_carries_every_planner_input() -> None:
+    spec = parse(
+        "p",
+        "ns",
+        {
+            "model": {"preset": "gpt-oss-120b"},
+            "source": {"pvc": {"claimName": "m"}},
+            "gpu": {"type": "H200", "count": 2, "perNode": 4},
+            "parallelism": {"pipeline": 2, "expert": False},
+            "serving": {
+                "maxContextLength": 65536,
+                "targetConcurrency": 3,
+                "maxNumSeqs": 16,
+                "gpuMemoryUtilization": 0.8,
+                "kvCacheDtype": "fp8",
+                "maxNumBatchedTokens": 4096,
+            },
+        },
+    )
+    req = planner.request_from_spec(spec)
+    assert req == Request(
+        model=preset("gpt-oss-120b"),
+        gpu=gpus.profile("H200"),
+        max_model_len=65536,
+        target_concurrency=3,
+        gpus_per_node=4,
+        count=2,
+        pipeline=2,
+        expert=False,
+        gpu_memory_utilization=0.8,
+        kv_cache_dtype="fp8",
+        max_num_seqs=16,
+        max_num_batched_tokens=4096,
+    )
+    plan = planner.plan(spec)
+    exp = expected("gpt-oss-120b", "H200", 1, 2, 65536, elem=1, util=0.8, batched=4096)
+    assert_plan_matches(plan, "gpt-oss-120b", "H200", 1, 2, exp)
+
+
+def _kv_limited() -> list[tuple[str, str, int, int]]:
+    """(model, GPU, TP, concurrency) whose KV cache holds some but not all the sequences."""
+    cases = []
+    for model in ("gpt-oss-120b", "gpt-oss-20b"):
+        for gpu in gpus.PROFILES:
+            for tp in (1, 2, 4):
+                for concurrency in (2, 3, 4, 6, 8, 16, 32, 64):
+                    exp = expected(model, gpu, tp, 1, 131072)
+                    room = exp.kv / concurrency - exp.per_seq
+                    if (
+                        exp.kv > 0
+                        and not exp.fits(131072, concurrency)
+                        and room >= 1024 * exp.per_token
+                    ):
+                        cases.append((model, gpu, tp, concurrency))
+    return cases
+
+
+KV_LIMITED = _kv_limited()
+
+
+def test_there_are_kv_limited_cases() -> None:
+    assert len(KV_LIMITED) > 50
+
+
+@pytest.mark.parametrize(("model", "gpu", "tp", "concurrency"), KV_LIMITED)
+def test_suggested_context_is_the_largest_that_fits(
+    model: str, gpu: str, tp: int, concurrency: int
+) -> None:
+    """When a fixed layout runs out of KV cache, the suggested maxContextLength fits it and the
+    next multiple of 1024 does not."""
+    req = request(model, gpu, tensor=tp, pipeline=1, target_concurrency=concurrency)
+    with pytest.raises(DoesNotFitError) as info:
+        plan_request(req)
+    found = re.search(r"spec\.serving\.maxContextLength=(\d+) would fit", str(info.value))
+    assert found is not None
+    suggested = int(found.group(1))
+    assert plan_request(replace(req, max_model_len=suggested)).sequences_at_max_len >= concurrency
+    with pytest.raises(DoesNotFitError):
+        plan_request(replace(req, max_model_len=suggested + 1024))
