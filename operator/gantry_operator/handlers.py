@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
+from gantry_operator import metrics, scaling
 from gantry_operator.reconcile import reconcile
 from gantry_operator.spec import GROUP, PLURAL, VERSION
 
 #: Drift repair and status refresh when no event arrives.
 RESYNC_SECONDS = 30.0
+#: Seconds between autoscaler ticks (scrape, export, decide).
+AUTOSCALE_SECONDS = float(os.environ.get("GANTRY_AUTOSCALE_INTERVAL", "10"))
 CHILD_LABELS = {"app.kubernetes.io/managed-by": "gantry"}
 
 
@@ -43,3 +47,16 @@ def reconcile_owner(namespace: str | None, labels: Mapping[str, str], **_: Any) 
     owner = labels.get("gantry.dev/model-deployment")
     if owner and namespace:
         reconcile(namespace, owner)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=AUTOSCALE_SECONDS, initial_delay=AUTOSCALE_SECONDS)
+def autoscale(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    if namespace:
+        memory = memo.setdefault("autoscaler", scaling.Memory())
+        scaling.tick(namespace, name, memory)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def forget(name: str, namespace: str | None, **_: Any) -> None:
+    if namespace:
+        metrics.forget(namespace, name)

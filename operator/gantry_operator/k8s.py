@@ -105,6 +105,21 @@ def patch_status(namespace: str, name: str, status_patch: Mapping[str, Any]) -> 
     )
 
 
+def scale(namespace: str, name: str, replicas: int) -> None:
+    """Set a ModelDeployment's replicas through its scale subresource."""
+    api = client.CustomObjectsApi(_api_client())
+    api.patch_namespaced_custom_object_scale(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        name,
+        {"spec": {"replicas": replicas}},
+        field_manager=FIELD_MANAGER,
+        _content_type="application/merge-patch+json",
+    )
+
+
 def event(owner: Mapping[str, Any], *, reason: str, message: str, warning: bool = False) -> None:
     """Record an Event on a ModelDeployment (best effort: events are not state)."""
     meta = owner["metadata"]

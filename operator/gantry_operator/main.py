@@ -8,6 +8,7 @@ import logging
 from collections.abc import Sequence
 
 import kopf
+import prometheus_client
 
 from gantry_operator import handlers
 
@@ -31,6 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL"
     )
+    parser.add_argument(
+        "--metrics-address", default="0.0.0.0:8081", help="host:port of the /metrics endpoint"
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -40,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         # kopf logs every handler run; Gantry's reconcile logs what it changed.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    host, _, port = args.metrics_address.rpartition(":")
+    prometheus_client.start_http_server(int(port), addr=host or "0.0.0.0")
     _ = handlers  # registers the handlers with kopf
     asyncio.run(
         kopf.operator(

@@ -10,11 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from gantry_operator import k8s, manifests, planner, status
+from gantry_operator import k8s, manifests, metrics, planner, status
 from gantry_operator.manifests.common import Owner, selector_string
 from gantry_operator.planner import DoesNotFitError
 from gantry_operator.spec import SpecError, parse
@@ -36,11 +37,18 @@ def reconcile(namespace: str, name: str) -> str | None:
         body = k8s.get_model_deployment(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
+        started = time.monotonic()
+        result = "error"
         try:
-            return _reconcile(body)
+            phase, result = _reconcile(body)
+            return phase
         except k8s.NamespaceTerminatingError:
             log.info("Skipped %s/%s: its namespace is being deleted", namespace, name)
+            result = "skipped"
             return None
+        finally:
+            metrics.reconciles.labels(result).inc()
+            metrics.reconcile_seconds.labels(result).observe(time.monotonic() - started)
 
 
 def _desired(
@@ -86,7 +94,11 @@ def _unschedulable(namespace: str, selector: str) -> str | None:
     return None
 
 
-def _reconcile(body: Mapping[str, Any]) -> str:
+_RESULTS = {None: "applied", "InvalidSpec": "invalid", "DoesNotFit": "does_not_fit"}
+
+
+def _reconcile(body: Mapping[str, Any]) -> tuple[str, str]:
+    """Converge and report; returns (phase, result label for the reconcile metrics)."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     previous: Mapping[str, Any] = body.get("status") or {}
@@ -124,7 +136,8 @@ def _reconcile(body: Mapping[str, Any]) -> str:
     if patch:
         k8s.patch_status(namespace, name, patch)
         _announce(body, previous, new)
-    return str(new["phase"])
+    metrics.record_status(namespace, name, spec, new)
+    return str(new["phase"]), _RESULTS.get(problem.reason if problem else None, "not_served")
 
 
 def _announce(body: Mapping[str, Any], previous: Mapping[str, Any], new: Mapping[str, Any]) -> None:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -20,19 +21,29 @@ CRD = ROOT / "deploy" / "crds" / "gantry.dev_modeldeployments.yaml"
 class OperatorProcess:
     """Start, kill (SIGKILL, no clean shutdown) and restart the operator; logs go to a file."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, *, extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_path: Path,
+        *,
+        extra_args: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
+    ):
         self.kubeconfig = kubeconfig
+        self.env = dict(env or {})
         self.log_path = log_path
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.health_url = ""
+        self.metrics_url = ""
 
     def start(self) -> OperatorProcess:
-        (port,) = free_ports(1)
+        port, metrics_port = free_ports(2)
         self.health_url = f"http://127.0.0.1:{port}/healthz"
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         self._log = self.log_path.open("ab")
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig)}
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -40,6 +51,7 @@ class OperatorProcess:
                 "gantry_operator.main",
                 "--all-namespaces",
                 f"--liveness={self.health_url}",
+                f"--metrics-address=127.0.0.1:{metrics_port}",
                 *self.extra_args,
             ],
             env=env,
