@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import kopf
 import prometheus_client
 
-from gantry_operator import handlers
+from gantry_operator import handlers, reconcile
+from gantry_operator.policy import load_policy
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--metrics-address", default="0.0.0.0:8081", help="host:port of the /metrics endpoint"
     )
+    parser.add_argument(
+        "--policy", default=None, help="cluster policy file (residency, sources, NetworkPolicy)"
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -44,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         # kopf logs every handler run; Gantry's reconcile logs what it changed.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    reconcile.configure(load_policy(args.policy))
     host, _, port = args.metrics_address.rpartition(":")
     prometheus_client.start_http_server(int(port), addr=host or "0.0.0.0")
     _ = handlers  # registers the handlers with kopf

@@ -18,9 +18,19 @@ from typing import Any
 from gantry_operator import k8s, manifests, metrics, planner, status
 from gantry_operator.manifests.common import Owner, selector_string
 from gantry_operator.planner import DoesNotFitError
+from gantry_operator.policy import Policy
 from gantry_operator.spec import SpecError, parse
 
 log = logging.getLogger(__name__)
+
+_policy = Policy()
+
+
+def configure(policy: Policy) -> None:
+    """Set the cluster policy every reconcile enforces (once, at start-up)."""
+    global _policy
+    _policy = policy
+
 
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _locks_guard = threading.Lock()
@@ -61,6 +71,10 @@ def _desired(
     except SpecError as exc:
         return [], None, None, status.Problem("InvalidSpec", str(exc))
     try:
+        _policy.check(spec)
+    except SpecError as exc:
+        return [], spec, None, status.Problem("PolicyViolation", str(exc))
+    try:
         plan = planner.plan(spec)
     except DoesNotFitError as exc:
         return [], spec, None, status.Problem("DoesNotFit", str(exc))
@@ -78,7 +92,7 @@ def _desired(
         )
     owner = Owner(name=meta["name"], uid=meta["uid"])
     try:
-        objects = manifests.build_all(spec, plan, owner=owner)
+        objects = manifests.build_all(spec, plan, owner=owner, network=_policy.network)
     except SpecError as exc:
         return [], spec, plan, status.Problem("InvalidSpec", str(exc))
     return objects, spec, plan, None
@@ -94,7 +108,12 @@ def _unschedulable(namespace: str, selector: str) -> str | None:
     return None
 
 
-_RESULTS = {None: "applied", "InvalidSpec": "invalid", "DoesNotFit": "does_not_fit"}
+_RESULTS = {
+    None: "applied",
+    "InvalidSpec": "invalid",
+    "PolicyViolation": "invalid",
+    "DoesNotFit": "does_not_fit",
+}
 
 
 def _reconcile(body: Mapping[str, Any]) -> tuple[str, str]:
@@ -106,9 +125,23 @@ def _reconcile(body: Mapping[str, Any]) -> tuple[str, str]:
     for obj in objects:
         k8s.apply(obj)
         log.debug("Applied %s %s/%s", obj["kind"], namespace, name)
-    single = spec is not None and not problem and spec.replicas <= 1
-    if single and k8s.delete("policy/v1", "PodDisruptionBudget", namespace, name):
+    applied = spec is not None and not problem
+    if (
+        applied
+        and spec.replicas <= 1
+        and k8s.delete("policy/v1", "PodDisruptionBudget", namespace, name)
+    ):
         log.info("Deleted PodDisruptionBudget %s/%s (one replica)", namespace, name)
+    if (
+        applied
+        and not _policy.network.enabled
+        and k8s.delete("networking.k8s.io/v1", "NetworkPolicy", namespace, name)
+    ):
+        log.info(
+            "Deleted NetworkPolicy %s/%s (the cluster policy no longer asks for one)",
+            namespace,
+            name,
+        )
     deployment = k8s.get("apps/v1", "Deployment", namespace, name)
     dep_status: Mapping[str, Any] = (deployment or {}).get("status") or {}
     dep_spec: Mapping[str, Any] = (deployment or {}).get("spec") or {}
@@ -150,6 +183,7 @@ def _announce(body: Mapping[str, Any], previous: Mapping[str, Any], new: Mapping
         if cond["type"] == status.READY or cond["status"] == "True":
             warning = cond["reason"] in (
                 "InvalidSpec",
+                "PolicyViolation",
                 "DoesNotFit",
                 "NeedsMultiNode",
                 "Unschedulable",

@@ -9,15 +9,18 @@ from __future__ import annotations
 from typing import Any
 
 from gantry_operator.manifests.common import Owner, labels, selector_labels
+from gantry_operator.manifests.network import build_network_policy
 from gantry_operator.manifests.runtime import build_deployment, launch_spec
 from gantry_operator.manifests.service import build_pdb, build_service, endpoint
 from gantry_operator.planner import Plan
+from gantry_operator.policy import NetworkPolicySettings
 from gantry_operator.spec import ModelDeploymentSpec
 
 __all__ = [
     "Owner",
     "build_all",
     "build_deployment",
+    "build_network_policy",
     "build_pdb",
     "build_service",
     "endpoint",
@@ -27,9 +30,19 @@ __all__ = [
 ]
 
 
-def build_all(spec: ModelDeploymentSpec, plan: Plan, *, owner: Owner) -> list[dict[str, Any]]:
-    """Every child object, in apply order. The PDB exists only with more than one replica."""
-    objects = [build_deployment(spec, plan, owner=owner), build_service(spec, owner=owner)]
+def build_all(
+    spec: ModelDeploymentSpec,
+    plan: Plan,
+    *,
+    owner: Owner,
+    network: NetworkPolicySettings | None = None,
+) -> list[dict[str, Any]]:
+    """Every child object, in apply order. The PDB exists only with more than one replica, the
+    NetworkPolicy only when the cluster policy asks for it (and before the pods exist)."""
+    objects = []
+    if network is not None and network.enabled:
+        objects.append(build_network_policy(spec, owner=owner, settings=network))
+    objects += [build_deployment(spec, plan, owner=owner), build_service(spec, owner=owner)]
     if spec.replicas > 1:
         objects.append(build_pdb(spec, owner=owner))
     return objects

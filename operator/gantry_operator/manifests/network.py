@@ -1,0 +1,42 @@
+"""The runtime pods' NetworkPolicy, from the cluster policy (docs: policy.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gantry_operator.manifests.common import Owner, metadata, selector_labels
+from gantry_operator.policy import NetworkPolicySettings
+from gantry_operator.spec import ModelDeploymentSpec
+from gantry_runtime.launchspec import PORT
+
+DNS_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+}
+
+
+def build_network_policy(
+    spec: ModelDeploymentSpec, *, owner: Owner, settings: NetworkPolicySettings
+) -> dict[str, Any]:
+    """Ingress to the serving port only from allowed peers; egress only to DNS and storage."""
+    peers = [dict(p) for p in (*settings.ingress, *settings.monitoring, *settings.operator)]
+    egress: list[dict[str, Any]] = [
+        {
+            "to": [DNS_PEER],
+            "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+        },
+        *(dict(rule) for rule in settings.storage),
+    ]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(spec, owner),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(spec)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": peers, "ports": [{"port": PORT, "protocol": "TCP"}]}]
+            if peers
+            else [],
+            "egress": egress,
+        },
+    }
