@@ -16,6 +16,8 @@ from gantry_operator.spec import GROUP, PLURAL, VERSION
 RESYNC_SECONDS = 30.0
 #: Seconds between autoscaler ticks (scrape, export, decide).
 AUTOSCALE_SECONDS = float(os.environ.get("GANTRY_AUTOSCALE_INTERVAL", "10"))
+#: Seconds after which a silent peer counts as dead (set by gantry-operator --peering-lifetime).
+PEERING_LIFETIME = 60
 CHILD_LABELS = {"app.kubernetes.io/managed-by": "gantry"}
 
 
@@ -29,6 +31,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"
     settings.posting.level = 100  # no per-handler events; reconcile posts its own
     settings.watching.server_timeout = 270
+    settings.peering.lifetime = PEERING_LIFETIME
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)

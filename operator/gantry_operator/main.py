@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
+import zlib
 from collections.abc import Sequence
 
 import kopf
@@ -52,8 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     host, _, port = args.metrics_address.rpartition(":")
     prometheus_client.start_http_server(int(port), addr=host or "0.0.0.0")
     _ = handlers  # registers the handlers with kopf
+    handlers.PEERING_LIFETIME = args.peering_lifetime
+    # kopf pauses every operator of equal priority; replicas must differ, and a stable hash of
+    # the pod name keeps a restarted pod's priority.
+    priority = args.priority
+    if priority is None:
+        priority = zlib.crc32(socket.gethostname().encode()) % 10_000
     asyncio.run(
         kopf.operator(
+            priority=priority,
             clusterwide=not args.namespace,
             namespaces=args.namespace,
             peering_name=args.peering,

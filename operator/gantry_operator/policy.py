@@ -20,6 +20,9 @@ no NetworkPolicy is created. The format (every key optional)::
       storage:                          # egress besides DNS: in-cluster model storage
         - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: storage}}}]
           ports: [{port: 9000, protocol: TCP}]
+    runtime:
+      image: registry.internal/gantry/gantry-runtime:0.1.0-vllm0.33.0   # default runtime image
+      imagePullSecrets: [registry-mirror]                               # added to every pod
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from gantry_operator.spec import ModelDeploymentSpec, SpecError
+from gantry_operator.spec import DEFAULT_RUNTIME_IMAGE, ModelDeploymentSpec, SpecError
 
 SOURCE_KINDS = ("pvc", "s3", "image", "huggingFace")
 
@@ -51,6 +54,10 @@ class Policy:
     offline: bool = False
     allowed_sources: tuple[str, ...] = SOURCE_KINDS
     network: NetworkPolicySettings = field(default_factory=NetworkPolicySettings)
+    #: Runtime image for ModelDeployments that name none (the cluster's registry mirror).
+    runtime_image: str = DEFAULT_RUNTIME_IMAGE
+    #: Pull secrets added to every runtime pod.
+    image_pull_secrets: tuple[str, ...] = ()
 
     def check(self, spec: ModelDeploymentSpec) -> None:
         """Raise SpecError (naming the field and the fix) when ``spec`` breaks the policy."""
@@ -91,6 +98,7 @@ def _selectors(value: Any, where: str) -> tuple[Mapping[str, Any], ...]:
 
 def parse_policy(data: Mapping[str, Any]) -> Policy:
     residency: Mapping[str, Any] = data.get("residency") or {}
+    runtime: Mapping[str, Any] = data.get("runtime") or {}
     network: Mapping[str, Any] = data.get("networkPolicy") or {}
     sources = tuple(residency.get("allowedSources") or SOURCE_KINDS)
     unknown = sorted(set(sources) - set(SOURCE_KINDS))
@@ -110,6 +118,8 @@ def parse_policy(data: Mapping[str, Any]) -> Policy:
             operator=_selectors(network.get("operator"), "networkPolicy.operator"),
             storage=_selectors(network.get("storage"), "networkPolicy.storage"),
         ),
+        runtime_image=str(runtime.get("image") or DEFAULT_RUNTIME_IMAGE),
+        image_pull_secrets=tuple(str(s) for s in runtime.get("imagePullSecrets") or ()),
     )
 
 

@@ -67,7 +67,13 @@ def _desired(
     """(objects, parsed spec, plan, problem) for the current spec; objects empty on a problem."""
     meta = body["metadata"]
     try:
-        spec = parse(meta["name"], meta["namespace"], body.get("spec") or {})
+        spec = parse(
+            meta["name"],
+            meta["namespace"],
+            body.get("spec") or {},
+            runtime_image=_policy.runtime_image,
+            image_pull_secrets=_policy.image_pull_secrets,
+        )
     except SpecError as exc:
         return [], None, None, status.Problem("InvalidSpec", str(exc))
     try:

@@ -169,8 +169,17 @@ def _get(obj: Mapping[str, Any], key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def parse(name: str, namespace: str, spec: Mapping[str, Any]) -> ModelDeploymentSpec:
-    """Parse ``spec`` (the CR's ``.spec``) or raise SpecError naming the field."""
+def parse(
+    name: str,
+    namespace: str,
+    spec: Mapping[str, Any],
+    *,
+    runtime_image: str = DEFAULT_RUNTIME_IMAGE,
+    image_pull_secrets: tuple[str, ...] = (),
+) -> ModelDeploymentSpec:
+    """Parse ``spec`` (the CR's ``.spec``) or raise SpecError naming the field.
+
+    ``runtime_image`` and ``image_pull_secrets`` are the cluster's defaults (policy file)."""
     if len(name) > MAX_NAME_LENGTH:
         raise SpecError(
             "metadata.name", f"is {len(name)} characters; use at most {MAX_NAME_LENGTH}"
@@ -226,7 +235,7 @@ def parse(name: str, namespace: str, spec: Mapping[str, Any]) -> ModelDeployment
         autoscaling=autoscaling,
         scheduling=_parse_scheduling(_get(spec, "scheduling", {})),
         residency=residency,
-        runtime=_parse_runtime(_get(spec, "runtime", {})),
+        runtime=_parse_runtime(_get(spec, "runtime", {}), runtime_image, image_pull_secrets),
     )
 
 
@@ -383,13 +392,16 @@ def _parse_scheduling(scheduling: Mapping[str, Any]) -> Scheduling:
     )
 
 
-def _parse_runtime(runtime: Mapping[str, Any]) -> Runtime:
+def _parse_runtime(
+    runtime: Mapping[str, Any], default_image: str, cluster_secrets: tuple[str, ...]
+) -> Runtime:
     resources: Mapping[str, Any] = _get(runtime, "resources", {})
+    own = tuple(s["name"] for s in _get(runtime, "imagePullSecrets", ()))
     return Runtime(
-        image=_get(runtime, "image", DEFAULT_RUNTIME_IMAGE),
+        image=_get(runtime, "image", default_image),
         image_pull_policy=_get(runtime, "imagePullPolicy", "IfNotPresent"),
         requests=tuple(sorted((k, str(v)) for k, v in _get(resources, "requests", {}).items())),
         limits=tuple(sorted((k, str(v)) for k, v in _get(resources, "limits", {}).items())),
         shm_size=runtime.get("shmSize"),
-        image_pull_secrets=tuple(s["name"] for s in _get(runtime, "imagePullSecrets", ())),
+        image_pull_secrets=tuple(dict.fromkeys((*own, *cluster_secrets))),
     )
