@@ -43,10 +43,10 @@ integration: cluster-build
 	$(PY) -m pytest tests/integration -m integration
 
 demo: cluster-build
-	$(PY) -m tests.cluster demo
+	$(PY) -m tests.cluster.demo
 
 demo-down: venv
-	$(PY) -m tests.cluster down
+	$(PY) -m tests.cluster.demo down
 
 docs: venv
 	$(PY) -m tests.tools.docblocks

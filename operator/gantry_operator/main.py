@@ -33,6 +33,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--peering", default=None, help="kopf peering object name for HA (standby replicas)"
     )
     parser.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help="peering priority (default derived from the pod name, so replicas differ)",
+    )
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=60,
+        help="seconds after which a silent peer counts as dead and a standby takes over",
+    )
+    parser.add_argument(
         "--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL"
     )
     parser.add_argument(

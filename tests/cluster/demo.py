@@ -1,0 +1,201 @@
+"""``make demo``: the main job in one command, on a local cluster with fake GPU nodes.
+
+``python -m tests.cluster.demo`` builds or reuses the binaries, starts a detached local control
+plane with the fake GPU nodes, installs the CRD, runs the operator, applies the gpt-oss-120b and
+gpt-oss-20b examples and prints what a user would look at. Everything keeps running; the
+kubeconfig path is printed. ``python -m tests.cluster.demo down`` (``make demo-down``) stops the
+operator and the cluster and removes the state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from tests.cluster import build, nodes, procs
+from tests.cluster.cluster import LocalCluster, free_ports
+from tests.cluster.polling import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "deploy" / "crds" / "gantry.dev_modeldeployments.yaml"
+EXAMPLES = ROOT / "deploy" / "examples"
+DEMO_FILE = "demo.json"
+NAMESPACE = "demo"
+
+
+def default_state_dir() -> Path:
+    return build.cache_dir() / "clusters" / "demo"
+
+
+def _say(message: str) -> None:
+    print(f"[gantry-demo] {message}", file=sys.stderr, flush=True)
+
+
+def _models_volume() -> str:
+    """A PV/PVC named ``models`` that the gpt-oss-120b example mounts (a stand-in volume)."""
+    pv = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": f"models-{NAMESPACE}"},
+        "spec": {
+            "capacity": {"storage": "500Gi"},
+            "accessModes": ["ReadOnlyMany"],
+            "storageClassName": "",
+            "hostPath": {"path": "/models"},
+            "claimRef": {"namespace": NAMESPACE, "name": "models"},
+        },
+    }
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "models", "namespace": NAMESPACE},
+        "spec": {
+            "accessModes": ["ReadOnlyMany"],
+            "storageClassName": "",
+            "volumeName": f"models-{NAMESPACE}",
+            "resources": {"requests": {"storage": "500Gi"}},
+        },
+    }
+    return yaml.safe_dump_all([pv, pvc])
+
+
+def _start_operator(cluster: LocalCluster, state_dir: Path) -> procs.ManagedProcess:
+    health, metrics = free_ports(2)
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    operator = procs.spawn(
+        "gantry-operator",
+        [
+            sys.executable,
+            "-m",
+            "gantry_operator.main",
+            "--all-namespaces",
+            f"--liveness=http://127.0.0.1:{health}/healthz",
+            f"--metrics-address=127.0.0.1:{metrics}",
+        ],
+        state_dir / "logs" / "gantry-operator.log",
+        env=env,
+        die_with_parent=False,
+    )
+    (state_dir / DEMO_FILE).write_text(
+        json.dumps({"processes": [operator.record.to_json()], "metrics": metrics})
+    )
+    return operator
+
+
+def _ready(cluster: LocalCluster, name: str) -> bool:
+    result = cluster.kubectl("-n", NAMESPACE, "get", "md", name, "-o", "json", check=False)
+    if result.returncode != 0:
+        return False
+    conditions = json.loads(result.stdout).get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def up(state_dir: Path) -> int:
+    started = time.monotonic()
+    build.ensure_built()
+    cluster = LocalCluster(state_dir, detach=True, log=_say)
+    cluster.start()
+    _say(f"creating {len(nodes.NODES)} fake GPU nodes")
+    nodes.create(cluster)
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.gantry.dev")
+    cluster.kubectl("create", "namespace", NAMESPACE)
+    cluster.kubectl("apply", "-f", "-", input=_models_volume())
+    _say("starting the operator")
+    operator = _start_operator(cluster, state_dir)
+    _say("applying deploy/examples/ (gpt-oss-120b, gpt-oss-20b)")
+    cluster.kubectl("-n", NAMESPACE, "apply", "-f", str(EXAMPLES))
+    for name in ("gpt-oss-120b", "gpt-oss-20b"):
+        wait_for(
+            lambda name=name: _ready(cluster, name) or not operator.alive(),  # type: ignore[misc]
+            120,
+            f"{name} Ready",
+        )
+    if not operator.alive():
+        _say(f"the operator exited:\n{operator.log_tail()}")
+        return 1
+    view = [
+        ("ModelDeployments", ("get", "md", "-o", "wide")),
+        (
+            "The plans",
+            (
+                "get",
+                "md",
+                "-o",
+                "custom-columns=NAME:.metadata.name,PLAN:.status.plan.summary",
+            ),
+        ),
+        (
+            "Where the runtime pods landed",
+            (
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/managed-by=gantry",
+                "-o",
+                "custom-columns=POD:.metadata.name,NODE:.spec.nodeName,"
+                "GPUS:.spec.containers[0].resources.limits.nvidia\\.com/gpu,"
+                "IP:.status.podIP,PHASE:.status.phase",
+            ),
+        ),
+    ]
+    for title, args in view:
+        print(f"\n$ kubectl -n {NAMESPACE} {' '.join(args)}   # {title}")
+        print(cluster.kubectl("-n", NAMESPACE, *args).stdout, end="")
+    print("\n$ kubectl get nodes -L nvidia.com/gpu.product,topology.kubernetes.io/region")
+    print(
+        cluster.kubectl(
+            "get", "nodes", "-L", "nvidia.com/gpu.product,topology.kubernetes.io/region"
+        ).stdout,
+        end="",
+    )
+    print(f"\nReady in {time.monotonic() - started:.0f}s. The cluster keeps running:")
+    print(f"  export KUBECONFIG={cluster.kubeconfig}")
+    print(f"  export PATH={build.binary('kubectl').parent}:$PATH")
+    print(f"  operator log: {operator.record.log}")
+    print("Stop it with: make demo-down")
+    return 0
+
+
+def down(state_dir: Path) -> int:
+    demo = state_dir / DEMO_FILE
+    if demo.exists():
+        records = json.loads(demo.read_text())["processes"]
+        procs.stop_all([procs.ManagedProcess(procs.ProcessRecord.from_json(r)) for r in records])
+    if (state_dir / "cluster.json").exists():
+        LocalCluster.attach(state_dir).stop(remove_state=True)
+        print(f"stopped the demo cluster and removed {state_dir}")
+    else:
+        print(f"no demo cluster in {state_dir}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.cluster.demo", description=__doc__)
+    parser.add_argument("command", nargs="?", default="up", choices=["up", "down"])
+    parser.add_argument("--state-dir", type=Path, default=default_state_dir())
+    args = parser.parse_args(argv)
+    if args.command == "down":
+        return down(args.state_dir)
+    if (args.state_dir / DEMO_FILE).exists():
+        print(f"a demo already runs from {args.state_dir}; `make demo-down` stops it")
+        return 1
+    code = 1
+    try:
+        code = up(args.state_dir)
+        return code
+    finally:
+        if code != 0:
+            _say("the demo did not come up; stopping what it started")
+            down(args.state_dir)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
