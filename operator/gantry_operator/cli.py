@@ -95,7 +95,7 @@ def _plan(args: argparse.Namespace, out: TextIO) -> int:
             request = planner.Request(
                 model=model,
                 gpu=gpus.profile(gpu_type),
-                max_model_len=min(args.context or model.max_context, model.max_context),
+                max_model_len=args.context or model.max_context,
                 target_concurrency=args.concurrency,
                 gpus_per_node=args.per_node,
                 count=args.count,

@@ -9,7 +9,7 @@ objects, never raw dicts.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from gantry_operator import gpus
@@ -219,6 +219,8 @@ def parse(
         offline=bool(_get(residency_obj, "offline", True)),
     )
     source = _parse_source(_get(spec, "source", {}), residency)
+    serving = _parse_serving(_get(spec, "serving", {}), arch)
+    parallelism, serving = _fold_parallel_args(par, serving)
     return ModelDeploymentSpec(
         name=name,
         namespace=namespace,
@@ -227,16 +229,36 @@ def parse(
         served_model_name=_get(model_obj, "servedName", preset_name or name),
         source=source,
         gpu=gpu,
-        parallelism=Parallelism(
-            tensor=par.get("tensor"), pipeline=par.get("pipeline"), expert=par.get("expert")
-        ),
-        serving=_parse_serving(_get(spec, "serving", {}), arch),
+        parallelism=parallelism,
+        serving=serving,
         replicas=int(_get(spec, "replicas", 1)),
         autoscaling=autoscaling,
         scheduling=_parse_scheduling(_get(spec, "scheduling", {})),
         residency=residency,
         runtime=_parse_runtime(_get(spec, "runtime", {}), runtime_image, image_pull_secrets),
     )
+
+
+def _fold_parallel_args(par: Mapping[str, Any], serving: Serving) -> tuple[Parallelism, Serving]:
+    """Engine flags about parallelism: expert parallel is a planner input, data parallel is
+    what replicas are for."""
+    args = dict(serving.engine_args)
+    expert = par.get("expert")
+    if "enable-expert-parallel" in args:
+        raw = args.pop("enable-expert-parallel").lower()
+        field_path = "spec.serving.engineArgs.enable-expert-parallel"
+        if raw not in ("true", "false"):
+            raise SpecError(field_path, f"{raw!r} is not valid: use true or false")
+        if expert is not None and expert != (raw == "true"):
+            raise SpecError(field_path, f"is {raw} but spec.parallelism.expert is {expert}")
+        expert = raw == "true"
+    if args.get("data-parallel-size", "1") != "1":
+        raise SpecError(
+            "spec.serving.engineArgs.data-parallel-size",
+            "would multiply the GPUs of every replica beyond the plan; scale with spec.replicas",
+        )
+    parallelism = Parallelism(tensor=par.get("tensor"), pipeline=par.get("pipeline"), expert=expert)
+    return parallelism, replace(serving, engine_args=tuple(sorted(args.items())))
 
 
 def _parse_model(model: Mapping[str, Any]) -> tuple[ModelArch, str | None]:

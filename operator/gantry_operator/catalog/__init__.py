@@ -52,6 +52,9 @@ class ModelArch:
     fp8_block_size: int = 0
     total_params_b: float = 0.0
     active_params_b: float = 0.0
+    #: Whether vLLM replicates KV heads when TP exceeds them (gpt-oss's attention does not:
+    #: TP 16 would leave ranks without a KV head).
+    kv_heads_replicable: bool = True
     tool_call_parser: str | None = None
     reasoning_parser: str | None = None
     trust_remote_code: bool = False
@@ -90,6 +93,8 @@ class ModelArch:
             )
         if self.attention == "gqa":
             kv = self.num_kv_heads
+            if tp > kv and not self.kv_heads_replicable:
+                return f"{kv} KV heads cannot be shared by {tp} ranks; use at most {kv}"
             if (tp <= kv and kv % tp) or (tp > kv and tp % kv):
                 return f"{kv} KV heads cannot be split or replicated evenly over {tp} ranks"
         if self.fp8_block_size and self.moe_intermediate_size and not expert_parallel:

@@ -61,7 +61,6 @@ def launch_spec(spec: ModelDeploymentSpec, plan: Plan) -> LaunchSpec:
     tool_parser = args.pop("tool-call-parser", model.tool_call_parser)
     reasoning_parser = args.pop("reasoning-parser", model.reasoning_parser)
     trust = args.pop("trust-remote-code", str(model.trust_remote_code)).lower() == "true"
-    expert = args.pop("enable-expert-parallel", str(plan.expert_parallel)).lower() == "true"
     location, load_format, revision, local = _model_location(spec)
     return LaunchSpec(
         model=location,
@@ -72,7 +71,7 @@ def launch_spec(spec: ModelDeploymentSpec, plan: Plan) -> LaunchSpec:
         max_num_seqs=plan.max_num_seqs,
         gpu_memory_utilization=plan.gpu_memory_utilization,
         shutdown_timeout=spec.serving.shutdown_timeout_seconds,
-        enable_expert_parallel=expert,
+        enable_expert_parallel=plan.expert_parallel,
         kv_cache_dtype=plan.kv_cache_dtype,
         max_num_batched_tokens=plan.max_num_batched_tokens,
         tool_call_parser=tool_parser or None,
