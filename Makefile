@@ -6,11 +6,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test venv lint unit contract integration cluster-build vllm-env docs demo demo-down clean
+.PHONY: test venv lint unit contract integration cluster-build vllm-env prometheus docs demo demo-down clean
 
 test: venv
 	@# The two long first-time installs (Go builds, the vLLM virtualenv) run side by side.
-	$(MAKE) -j2 cluster-build vllm-env
+	$(MAKE) -j2 cluster-build vllm-env prometheus
 	$(MAKE) lint unit contract integration
 
 $(VENV)/.installed: pyproject.toml
@@ -38,6 +38,9 @@ contract: vllm-env
 
 cluster-build: venv
 	$(PY) -m tests.cluster build
+
+prometheus: venv
+	$(PY) -m tests.cluster.prometheus
 
 integration: cluster-build
 	$(PY) -m pytest tests/integration -m integration
