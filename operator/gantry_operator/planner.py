@@ -24,7 +24,7 @@ planner picks the fewest GPUs, tensor parallel inside a node first, pipeline sta
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gantry_operator.catalog import ModelArch
@@ -368,16 +368,8 @@ def _explain(req: Request, failures: list[tuple[int, int, _Memory]]) -> str:
 
 
 def _smallest_fit(req: Request) -> Plan | None:
-    free = Request(
-        model=req.model,
-        gpu=req.gpu,
-        max_model_len=req.max_model_len,
-        target_concurrency=req.target_concurrency,
-        gpus_per_node=req.gpus_per_node,
-        gpu_memory_utilization=req.gpu_memory_utilization,
-        kv_cache_dtype=req.kv_cache_dtype,
-        max_num_batched_tokens=req.max_num_batched_tokens,
-    )
+    """The plan the planner would pick without the user's counts and sizes."""
+    free = replace(req, count=None, tensor=None, pipeline=None, expert=None, max_num_seqs=None)
     try:
         return plan_request(free)
     except DoesNotFitError:
