@@ -10,7 +10,9 @@ aggregate load and the recommendations it made recently. The policy:
 * **Scale up fast.** The lowest recommendation of the last ``scaleUpDelaySeconds`` (0: the
   current one) is applied at once, in whole replicas (a replica is the full multi-GPU unit).
 * **Scale down slowly.** The highest recommendation of the last ``scaleDownDelaySeconds``
-  is applied, one replica per step, and never while a replica is still loading.
+  is applied, one replica per step, never while a replica is still loading, and only once the
+  load has been watched for the whole window (a restarted operator has no history: it waits
+  rather than read one quiet tick as a quiet window).
 * **Bounds.** The result is clamped to ``minReplicas``..``maxReplicas``.
 """
 
@@ -77,28 +79,39 @@ def decide(
     """The replica count to apply, and the history to keep for the next tick."""
     raw = recommend(policy, load, current)
     window = max(policy.scale_up_delay_seconds, policy.scale_down_delay_seconds)
-    kept = [r for r in history if now - r.at <= window]
+    # The recommendations inside the window, plus the newest one before it: the oldest kept
+    # tells how long the load has been watched, so a window is never judged on part of it.
+    before = [r for r in history if now - r.at > window]
+    kept = [*before[-1:], *(r for r in history if now - r.at <= window)]
     kept.append(Recommendation(now, raw))
+    watched = now - kept[0].at
     up_window = [r.replicas for r in kept if now - r.at <= policy.scale_up_delay_seconds]
     down_window = [r.replicas for r in kept if now - r.at <= policy.scale_down_delay_seconds]
     low, high = policy.min_replicas, policy.max_replicas
     what = _describe(policy, load)
+    steady = f"{what}: steady at {current}"
     if min(up_window) > current:
         target = min(min(up_window), high)
         if target > current:
             return Decision(target, raw, f"{what}: scaled up to {target}", "up"), kept
-        return Decision(current, raw, f"{what}: at maxReplicas {high}", "none"), kept
-    if current > low and max(down_window) < current:
-        if load.ready < current:
+        steady = f"{what}: at maxReplicas {high}"
+    elif current > low and max(down_window) < current:
+        if watched < policy.scale_down_delay_seconds:
+            steady = (
+                f"{what}: holding {current} until the load has been watched for "
+                f"scaleDownDelaySeconds ({policy.scale_down_delay_seconds}s)"
+            )
+        elif load.ready < current:
             reason = f"{what}: waiting for {current - load.ready} replica(s) to become ready"
             return Decision(current, raw, reason, "none"), kept
-        target = max(current - 1, low)
-        return Decision(target, raw, f"{what}: scaled down to {target}", "down"), kept
+        else:
+            target = max(current - 1, low)
+            return Decision(target, raw, f"{what}: scaled down to {target}", "down"), kept
     bounded = min(max(current, low), high)
     if bounded != current:
         direction = "up" if bounded > current else "down"
         return Decision(bounded, raw, f"{what}: moved within bounds {low}..{high}", direction), kept
-    return Decision(current, raw, f"{what}: steady at {current}", "none"), kept
+    return Decision(current, raw, steady, "none"), kept
 
 
 def _describe(policy: Autoscaling, load: Load) -> str:

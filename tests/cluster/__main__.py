@@ -1,8 +1,10 @@
-"""``python -m tests.cluster {build,up,down,status,env}``: the local control plane by hand.
+"""``python -m tests.cluster {build,up,runner,down,status,env}``: the local control plane by hand.
 
 ``up`` starts a detached cluster (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-kwok) with the fake GPU nodes in a persistent state dir and returns; ``down`` stops it and
-removes the state; ``status`` shows what runs; ``env`` prints shell exports for it.
+kwok) with the fake GPU nodes in a persistent state dir and returns; ``runner`` (or
+``up --runner``) starts the process runner, which runs a vLLM simulator for every runtime pod
+(see :mod:`tests.cluster.runner`); ``down`` stops both and removes the state; ``status`` shows
+what runs; ``env`` prints shell exports for it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from tests.cluster import build, nodes
+from tests.cluster import build, nodes, runner
 from tests.cluster.cluster import (
     STATE_FILE,
     ClusterAlreadyRunningError,
@@ -57,6 +59,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         _print_env(existing)
         return 0
     build.ensure_built()
+    if runner.stop_detached(state_dir):
+        _say("stopped the process runner of the previous cluster")
     started = time.monotonic()
     cluster = LocalCluster(state_dir, detach=True, log=_say)
     try:
@@ -72,8 +76,38 @@ def cmd_up(args: argparse.Namespace) -> int:
         _say(f"start failed; logs kept in {cluster.logs_dir}")
         raise
     _say(f"up in {time.monotonic() - started:.1f}s (state in {state_dir})")
+    if args.runner:
+        _start_runner(state_dir, cluster, args.knob)
     print(f"kubeconfig: {cluster.kubeconfig}")
     _print_env(cluster)
+    return 0
+
+
+def _start_runner(state_dir: Path, cluster: LocalCluster, knobs: Sequence[tuple[str, str]]) -> None:
+    process = runner.start_detached(
+        state_dir, cluster.kubeconfig, knobs={**runner.FAST_KNOBS, **dict(knobs)}
+    )
+    _say(
+        f"process runner (pid {process.pid}) runs a simulator for every runtime pod; "
+        f"logs in {state_dir / 'logs' / 'runtime'}"
+    )
+
+
+def cmd_runner(args: argparse.Namespace) -> int:
+    state_dir: Path = args.state_dir
+    if args.stop:
+        stopped = runner.stop_detached(state_dir)
+        print("stopped the process runner" if stopped else "no process runner was running")
+        return 0
+    cluster = _attached(state_dir)
+    if cluster is None or not all(cluster.running().values()):
+        print(f"no running cluster in {state_dir}: run `python -m tests.cluster up` first")
+        return 1
+    existing = runner.detached(state_dir)
+    if existing is not None and existing.alive():
+        print(f"the process runner already runs (pid {existing.pid})")
+        return 0
+    _start_runner(state_dir, cluster, args.knob)
     return 0
 
 
@@ -88,6 +122,8 @@ def cmd_down(args: argparse.Namespace) -> int:
             print(f"no cluster in {state_dir}")
         return 0
     alive = [name for name, up in cluster.running().items() if up]
+    if runner.stop_detached(state_dir):
+        alive.insert(0, "process-runner")
     cluster.stop(remove_state=True)
     print(f"stopped {', '.join(alive) or 'nothing (all had exited)'}; removed {state_dir}")
     return 0
@@ -103,6 +139,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     for process in cluster.processes:
         state = "running" if alive[process.name] else "DEAD"
         print(f"{process.name:<24} pid {process.pid:<8} {state:<8} {process.record.log}")
+    process_runner = runner.detached(state_dir)
+    if process_runner is not None:
+        state = "running" if process_runner.alive() else "DEAD"
+        record = process_runner.record
+        print(f"{record.name:<24} pid {record.pid:<8} {state:<8} {record.log}")
     ok, answer = cluster.api_get("/readyz") if any(alive.values()) else (False, "not running")
     print(f"apiserver {cluster.server}: {'ready' if ok else 'NOT READY'} ({answer})")
     print(f"kubeconfig: {cluster.kubeconfig}")
@@ -141,6 +182,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("build", help="build the binaries (once per machine)")
     up = commands.add_parser("up", help="start a detached cluster with the fake GPU nodes")
     up.add_argument("--no-nodes", action="store_true", help="do not create the fake nodes")
+    up.add_argument("--runner", action="store_true", help="start the process runner too")
+    run = commands.add_parser(
+        "runner", help="start the process runner: a vLLM simulator for every runtime pod"
+    )
+    run.add_argument("--stop", action="store_true", help="stop the process runner instead")
+    for command in (up, run):
+        command.add_argument(
+            "--knob",
+            type=runner.knob,
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="simulator environment default, e.g. GANTRY_SIM_DECODE_TOKENS_PER_S=50 "
+            "(repeatable; a pod's own env wins)",
+        )
     commands.add_parser("down", help="stop the cluster and remove its state")
     commands.add_parser("status", help="show the cluster's processes and readiness")
     commands.add_parser("env", help="print shell exports (KUBECONFIG, PATH) for the cluster")
@@ -151,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {
         "build": cmd_build,
         "up": cmd_up,
+        "runner": cmd_runner,
         "down": cmd_down,
         "status": cmd_status,
         "env": cmd_env,

@@ -54,6 +54,14 @@ KWOK_NODE_IP = "127.0.0.1"
 #: Nodes kwok plays the kubelet for carry this annotation.
 KWOK_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 DEFAULT_FEATURE_GATES: Mapping[str, bool] = {"ImageVolume": True}
+#: An audit policy that records who did what to which resource (no bodies), once per request.
+METADATA_AUDIT_POLICY: Mapping[str, Any] = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata"}],
+}
+AUDIT_POLICY_FILE = "audit-policy.yaml"
 STATE_FILE = "cluster.json"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
@@ -201,6 +209,9 @@ class LocalCluster:
     ``detach``: the processes outlive this Python process (no parent-death signal, and
     ``__exit__`` leaves them running); :meth:`attach` finds them again from ``state_dir``.
 
+    ``audit_policy``: an audit ``Policy`` (e.g. :data:`METADATA_AUDIT_POLICY`); the apiserver
+    then writes JSON audit events, one a line, to :attr:`audit_log`. None: no audit log.
+
     After :meth:`start`: ``kubeconfig`` (admin, ``system:masters``), ``server`` (the
     apiserver's https URL), ``ports``, ``processes``, ``startup_seconds``.
     """
@@ -213,12 +224,14 @@ class LocalCluster:
         startup_timeout: float = 120.0,
         feature_gates: Mapping[str, bool] = DEFAULT_FEATURE_GATES,
         log: Callable[[str], None] | None = None,
+        audit_policy: Mapping[str, Any] | None = None,
     ) -> None:
         self._temporary = state_dir is None
         self.state_dir = Path(state_dir) if state_dir is not None else Path()
         self.detach = detach
         self.startup_timeout = startup_timeout
         self.feature_gates = dict(feature_gates)
+        self.audit_policy = dict(audit_policy) if audit_policy is not None else None
         self._log = log or (lambda _message: None)
         self.processes: list[procs.ManagedProcess] = []
         self.ports: Ports | None = None
@@ -244,6 +257,11 @@ class LocalCluster:
     @property
     def pki_dir(self) -> Path:
         return self.state_dir / "pki"
+
+    @property
+    def audit_log(self) -> Path:
+        """The apiserver's audit log (written only with an ``audit_policy``)."""
+        return self.logs_dir / "audit.log"
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -438,8 +456,8 @@ class LocalCluster:
             self._save_state()
 
     def _start(self) -> None:
-        for component in build.COMPONENTS:
-            if component.name != "helm" and not component.built():
+        for component in build.CLUSTER_COMPONENTS:
+            if not component.built():
                 raise ClusterError(
                     f"{component.name} {component.version} is not built: run "
                     "`python -m tests.cluster build` (or build.ensure_built())"
@@ -575,6 +593,19 @@ class LocalCluster:
             "--endpoint-reconciler-type=none",
             "--profiling=false",
             *_gates(self.feature_gates),
+            *self._audit_args(),
+        ]
+
+    def _audit_args(self) -> list[str]:
+        if self.audit_policy is None:
+            return []
+        policy = self.state_dir / AUDIT_POLICY_FILE
+        policy.write_text(yaml.safe_dump(self.audit_policy, sort_keys=False))
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",  # written as requests finish, not batched
         ]
 
     def _controller_manager_args(self) -> list[str]:
@@ -632,6 +663,11 @@ class LocalCluster:
             f"--kubeconfig={self._component_kubeconfig('kwok')}",
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={key}={value}",
+            # Renew a Lease per node every 10 s, as kubelets do. Without it (this build's
+            # effective default) kwok reports node status only about every 55 s, past the
+            # node lifecycle controller's 50 s grace: every node flaps NotReady once a minute and
+            # the controller marks its pods NotReady, which kwok never undoes.
+            "--node-lease-duration-seconds=40",
             f"--cidr={loopback_cidr(KWOK_FALLBACK_CIDR)}",
             f"--node-ip={loopback_host(KWOK_NODE_IP)}",
             f"--server-address={loopback_host('127.0.0.1')}:{self.ports.kwok}",
@@ -639,8 +675,12 @@ class LocalCluster:
 
 
 _STATE_ENTRIES = frozenset(
-    {STATE_FILE, "pki", "kubeconfig", "kubeconfigs", "logs", "etcd", "certs", "kwok-home"}
-)
+    {
+        STATE_FILE, "pki", "kubeconfig", "kubeconfigs", "logs", "etcd", "certs", "kwok-home",
+        AUDIT_POLICY_FILE,
+        "runner.json",  # a detached process runner (tests.cluster.runner)
+    }
+)  # fmt: skip
 
 
 def looks_like_state_dir(directory: Path) -> bool:

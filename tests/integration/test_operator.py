@@ -6,115 +6,18 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
-import subprocess
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 
 from tests.cluster import nodes
-from tests.cluster.cluster import LocalCluster
 from tests.cluster.polling import wait_for
-from tests.integration.operator_process import CRD, ROOT, OperatorProcess
+from tests.integration.conftest import SETTLE, Namespace
+from tests.integration.operator_process import ROOT, OperatorProcess
 
 pytestmark = pytest.mark.integration
 EXAMPLES = ROOT / "deploy" / "examples"
-SETTLE = 90.0
-
-
-@pytest.fixture(scope="session")
-def crd(cluster: LocalCluster) -> None:
-    cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/modeldeployments.gantry.dev", "--timeout=60s"
-    )
-
-
-@pytest.fixture(scope="session")
-def operator(
-    cluster: LocalCluster, crd: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    process = OperatorProcess(cluster.kubeconfig, log).start()
-    yield process
-    process.stop()
-
-
-class Namespace:
-    """A fresh namespace with a bound ``models`` PVC, and helpers scoped to it."""
-
-    def __init__(self, cluster: LocalCluster, name: str) -> None:
-        self.cluster, self.name = cluster, name
-
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> Any:
-        return self.cluster.kubectl("-n", self.name, *args, input=input, check=check)
-
-    def get(self, kind: str, name: str) -> Any:
-        result = self.kubectl("get", kind, name, "-o", "json", check=False)
-        return json.loads(result.stdout) if result.returncode == 0 else None
-
-    def items(self, kind: str, selector: str) -> list[Any]:
-        return list(
-            json.loads(self.kubectl("get", kind, "-l", selector, "-o", "json").stdout)["items"]
-        )
-
-    def apply(self, manifest: dict[str, Any] | str) -> subprocess.CompletedProcess[str]:
-        text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
-        return self.kubectl("apply", "-f", "-", input=text, check=False)  # type: ignore[no-any-return]
-
-    def condition(self, name: str, type_: str) -> dict[str, Any]:
-        md = self.get("md", name) or {}
-        for cond in md.get("status", {}).get("conditions", []):
-            if cond["type"] == type_:
-                return dict(cond)
-        return {}
-
-    def wait_condition(
-        self, name: str, type_: str, status: str, reason: str | None = None
-    ) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
-            cond = self.condition(name, type_)
-            ok = cond.get("status") == status and (reason is None or cond.get("reason") == reason)
-            return cond if ok else None
-
-        found = wait_for(check, SETTLE, f"{name}: condition {type_}={status} ({reason})")
-        return found or {}
-
-
-@pytest.fixture
-def ns(cluster: LocalCluster, operator: OperatorProcess) -> Iterator[Namespace]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", name)
-    space = Namespace(cluster, name)
-    pv = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": f"models-{name}"},
-        "spec": {
-            "capacity": {"storage": "500Gi"},
-            "accessModes": ["ReadOnlyMany"],
-            "storageClassName": "",
-            "hostPath": {"path": "/models"},
-            "claimRef": {"namespace": name, "name": "models"},
-        },
-    }
-    pvc = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "models", "namespace": name},
-        "spec": {
-            "accessModes": ["ReadOnlyMany"],
-            "storageClassName": "",
-            "volumeName": f"models-{name}",
-            "resources": {"requests": {"storage": "500Gi"}},
-        },
-    }
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([pv, pvc]))
-    yield space
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-    cluster.kubectl("delete", "pv", f"models-{name}", "--wait=false", check=False)
 
 
 def example(name: str) -> dict[str, Any]:
