@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test venv lint unit contract integration cluster-build vllm-env prometheus docs demo demo-down clean
+.PHONY: test venv lint unit contract integration cluster-build vllm-env prometheus docs sync-chart demo demo-down clean
 
 test: venv
 	@# The two long first-time installs (Go builds, the vLLM virtualenv) run side by side.
@@ -53,6 +53,9 @@ demo-down: venv
 
 docs: venv
 	$(PY) -m tests.tools.docblocks
+
+sync-chart: venv
+	$(PY) -m tests.tools.sync_chart
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -18,6 +18,10 @@ RESYNC_SECONDS = 30.0
 AUTOSCALE_SECONDS = float(os.environ.get("GANTRY_AUTOSCALE_INTERVAL", "10"))
 #: Seconds after which a silent peer counts as dead (set by gantry-operator --peering-lifetime).
 PEERING_LIFETIME = 60
+#: kopf's cluster-wide scans (list/watch namespaces, watch CRDs). gantry-operator turns them off
+#: when it serves only named namespaces, so namespace-scoped RBAC is enough: kopf then takes the
+#: names as given and finds the CRDs once, at start, through API discovery.
+CLUSTER_SCANNING = True
 CHILD_LABELS = {"app.kubernetes.io/managed-by": "gantry"}
 
 
@@ -32,6 +36,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = 100  # no per-handler events; reconcile posts its own
     settings.watching.server_timeout = 270
     settings.peering.lifetime = PEERING_LIFETIME
+    settings.scanning.disabled = not CLUSTER_SCANNING
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)

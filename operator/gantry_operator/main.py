@@ -67,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     prometheus_client.start_http_server(int(port), addr=host or "0.0.0.0")
     _ = handlers  # registers the handlers with kopf
     handlers.PEERING_LIFETIME = args.peering_lifetime
+    # Named namespaces only (no kopf patterns such as `llm-*`): no cluster-wide reads needed.
+    exact = all(not set(name) & set("*?!,") for name in args.namespace)
+    handlers.CLUSTER_SCANNING = not (args.namespace and exact)
     # kopf pauses every operator of equal priority; replicas must differ, and a stable hash of
     # the pod name keeps a restarted pod's priority.
     priority = args.priority

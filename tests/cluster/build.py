@@ -48,7 +48,10 @@ KUBERNETES = Component("kubernetes", versions.KUBERNETES, versions.KUBERNETES_CO
 ETCD = Component("etcd", versions.ETCD, ("etcd",))
 KWOK = Component("kwok", versions.KWOK, ("kwok",))
 HELM = Component("helm", versions.HELM, ("helm",))
-COMPONENTS = (KUBERNETES, ETCD, KWOK, HELM)
+KUBE_SCORE = Component("kube-score", versions.KUBE_SCORE, ("kube-score",))
+COMPONENTS = (KUBERNETES, ETCD, KWOK, HELM, KUBE_SCORE)
+#: What a LocalCluster runs; the rest are client tools.
+CLUSTER_COMPONENTS = (KUBERNETES, ETCD, KWOK)
 
 
 def binary(name: str) -> Path:
@@ -170,11 +173,20 @@ def build_helm(work: Path) -> None:
     _tool_module(work, HELM, "helm.sh/helm/v3", "helm.sh/helm/v3/cmd/helm", " ".join(flags))
 
 
+def build_kube_score(work: Path) -> None:
+    # kube-linter's module (golang.stackrox.io/kube-linter) is not served by the module proxy
+    # this project builds from; kube-score is the maintained scanner that is.
+    package = "github.com/zegl/kube-score/cmd/kube-score"
+    flags = f"-X main.version={versions.KUBE_SCORE} -X main.commit=module -X main.date=N/A"
+    _tool_module(work, KUBE_SCORE, "github.com/zegl/kube-score", package, flags)
+
+
 BUILDERS = {
     "kubernetes": build_kubernetes,
     "etcd": build_etcd,
     "kwok": build_kwok,
     "helm": build_helm,
+    "kube-score": build_kube_score,
 }
 
 

@@ -1,10 +1,12 @@
 """``make demo``: the main job in one command, on a local cluster with fake GPU nodes.
 
 ``python -m tests.cluster.demo`` builds or reuses the binaries, starts a detached local control
-plane with the fake GPU nodes, installs the CRD, runs the operator, applies the gpt-oss-120b and
-gpt-oss-20b examples and prints what a user would look at. Everything keeps running; the
-kubeconfig path is printed. ``python -m tests.cluster.demo down`` (``make demo-down``) stops the
-operator and the cluster and removes the state.
+plane with the fake GPU nodes, installs the CRD, runs the operator and a process runner that
+starts a vLLM simulator at each runtime pod's IP, applies the gpt-oss-120b and gpt-oss-20b
+examples and prints what a user would look at, ending with a chat completion from a runtime
+pod. Everything keeps running; the kubeconfig path is printed. ``python -m tests.cluster.demo
+down`` (``make demo-down``) stops the runner, the operator and the cluster and removes the
+state.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import openai
 import yaml
 
-from tests.cluster import build, nodes, procs
+from tests.cluster import build, nodes, procs, runner
 from tests.cluster.cluster import LocalCluster, free_ports
 from tests.cluster.polling import wait_for
 
@@ -97,6 +100,30 @@ def _ready(cluster: LocalCluster, name: str) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
+def _ask(cluster: LocalCluster, name: str) -> str:
+    """One chat completion from a runtime pod (Services cannot route to loopback pod IPs)."""
+    pods = cluster.kubectl_json(
+        "-n", NAMESPACE, "get", "pods", "-l", f"gantry.dev/model-deployment={name}"
+    )["items"]
+    ip = pods[0]["status"]["podIP"]
+    client = openai.OpenAI(base_url=f"http://{ip}:8000/v1", api_key="demo", max_retries=0)
+
+    def answer() -> str:
+        reply = client.chat.completions.create(
+            model=name,
+            messages=[{"role": "user", "content": "Where does this cluster keep its data?"}],
+            max_tokens=12,
+        )
+        usage = reply.usage
+        assert usage is not None, "the reply carries no usage"
+        tokens = f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens"
+        return f"POST http://{ip}:8000/v1/chat/completions -> {tokens}, finish_reason " + str(
+            reply.choices[0].finish_reason
+        )
+
+    return str(wait_for(answer, 60, f"{name} answers at {ip}:8000"))
+
+
 def up(state_dir: Path) -> int:
     started = time.monotonic()
     build.ensure_built()
@@ -108,8 +135,9 @@ def up(state_dir: Path) -> int:
     cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.gantry.dev")
     cluster.kubectl("create", "namespace", NAMESPACE)
     cluster.kubectl("apply", "-f", "-", input=_models_volume())
-    _say("starting the operator")
+    _say("starting the operator and the process runner (a vLLM simulator per runtime pod)")
     operator = _start_operator(cluster, state_dir)
+    runner.start_detached(state_dir, cluster.kubeconfig)
     _say("applying deploy/examples/ (gpt-oss-120b, gpt-oss-20b)")
     cluster.kubectl("-n", NAMESPACE, "apply", "-f", str(EXAMPLES))
     for name in ("gpt-oss-120b", "gpt-oss-20b"):
@@ -156,6 +184,8 @@ def up(state_dir: Path) -> int:
         ).stdout,
         end="",
     )
+    print("\n$ # a chat completion from gpt-oss-20b (the simulator at a runtime pod's IP)")
+    print(_ask(cluster, "gpt-oss-20b"))
     print(f"\nReady in {time.monotonic() - started:.0f}s. The cluster keeps running:")
     print(f"  export KUBECONFIG={cluster.kubeconfig}")
     print(f"  export PATH={build.binary('kubectl').parent}:$PATH")
@@ -165,6 +195,7 @@ def up(state_dir: Path) -> int:
 
 
 def down(state_dir: Path) -> int:
+    runner.stop_detached(state_dir)
     demo = state_dir / DEMO_FILE
     if demo.exists():
         records = json.loads(demo.read_text())["processes"]

@@ -12,6 +12,8 @@ KUBERNETES_STAGING = "v0.34.4"
 ETCD = "v3.6.16"
 KWOK = "v0.7.0"
 HELM = "v3.19.5"
+#: The manifest security scanner run on the rendered Helm chart (github.com/zegl/kube-score).
+KUBE_SCORE = "v1.20.0"
 
 #: Staging modules of k8s.io/kubernetes that the wrapper module replaces.
 STAGING_MODULES = (

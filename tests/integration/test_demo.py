@@ -50,6 +50,8 @@ def test_demo_up_shows_the_examples_ready_and_down_cleans_up(tmp_path: Path) -> 
         assert rows["gpt-oss-20b"][1:8] == ["gpt-oss-20b", "H100-80GB", "1", "1", "2", "2", "Ready"]
         assert f"export KUBECONFIG={state_dir}/kubeconfig" in up.stdout
         assert "h100-eu-west-1" in up.stdout
+        assert "/v1/chat/completions -> " in up.stdout
+        assert "12 completion tokens" in up.stdout
         again = _demo("--state-dir", str(state_dir))
         assert again.returncode == 1
         assert "already runs" in again.stdout
