@@ -17,9 +17,9 @@ from typing import Any
 
 from gantry_operator import k8s, manifests, metrics, planner, status
 from gantry_operator.manifests.common import Owner, selector_string
-from gantry_operator.planner import DoesNotFitError
+from gantry_operator.planner import DoesNotFitError, Plan
 from gantry_operator.policy import Policy
-from gantry_operator.spec import SpecError, parse
+from gantry_operator.spec import ModelDeploymentSpec, SpecError, parse
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def reconcile(namespace: str, name: str) -> str | None:
 
 def _desired(
     body: Mapping[str, Any],
-) -> tuple[list[dict[str, Any]], Any, Any, status.Problem | None]:
+) -> tuple[list[dict[str, Any]], ModelDeploymentSpec | None, Plan | None, status.Problem | None]:
     """(objects, parsed spec, plan, problem) for the current spec; objects empty on a problem."""
     meta = body["metadata"]
     try:
@@ -122,6 +122,16 @@ _RESULTS = {
 }
 
 
+def _prune(spec: ModelDeploymentSpec, namespace: str, name: str) -> None:
+    """Delete the optional children the current spec and policy no longer call for."""
+    if spec.replicas <= 1 and k8s.delete("policy/v1", "PodDisruptionBudget", namespace, name):
+        log.info("Deleted PodDisruptionBudget %s/%s (one replica)", namespace, name)
+    if not _policy.network.enabled and k8s.delete(
+        "networking.k8s.io/v1", "NetworkPolicy", namespace, name
+    ):
+        log.info("Deleted NetworkPolicy %s/%s (no longer in the cluster policy)", namespace, name)
+
+
 def _reconcile(body: Mapping[str, Any]) -> tuple[str, str]:
     """Converge and report; returns (phase, result label for the reconcile metrics)."""
     meta = body["metadata"]
@@ -131,23 +141,8 @@ def _reconcile(body: Mapping[str, Any]) -> tuple[str, str]:
     for obj in objects:
         k8s.apply(obj)
         log.debug("Applied %s %s/%s", obj["kind"], namespace, name)
-    applied = spec is not None and not problem
-    if (
-        applied
-        and spec.replicas <= 1
-        and k8s.delete("policy/v1", "PodDisruptionBudget", namespace, name)
-    ):
-        log.info("Deleted PodDisruptionBudget %s/%s (one replica)", namespace, name)
-    if (
-        applied
-        and not _policy.network.enabled
-        and k8s.delete("networking.k8s.io/v1", "NetworkPolicy", namespace, name)
-    ):
-        log.info(
-            "Deleted NetworkPolicy %s/%s (the cluster policy no longer asks for one)",
-            namespace,
-            name,
-        )
+    if spec is not None and not problem:
+        _prune(spec, namespace, name)
     deployment = k8s.get("apps/v1", "Deployment", namespace, name)
     dep_status: Mapping[str, Any] = (deployment or {}).get("status") or {}
     dep_spec: Mapping[str, Any] = (deployment or {}).get("spec") or {}

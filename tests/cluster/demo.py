@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import openai
-import yaml
 
 from tests.cluster import build, nodes, procs, runner
 from tests.cluster.cluster import LocalCluster, free_ports
 from tests.cluster.polling import wait_for
+from tests.cluster.volumes import models_volume
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "deploy" / "crds" / "gantry.dev_modeldeployments.yaml"
@@ -39,34 +39,6 @@ def default_state_dir() -> Path:
 
 def _say(message: str) -> None:
     print(f"[gantry-demo] {message}", file=sys.stderr, flush=True)
-
-
-def _models_volume() -> str:
-    """A PV/PVC named ``models`` that the gpt-oss-120b example mounts (a stand-in volume)."""
-    pv = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": f"models-{NAMESPACE}"},
-        "spec": {
-            "capacity": {"storage": "500Gi"},
-            "accessModes": ["ReadOnlyMany"],
-            "storageClassName": "",
-            "hostPath": {"path": "/models"},
-            "claimRef": {"namespace": NAMESPACE, "name": "models"},
-        },
-    }
-    pvc = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "models", "namespace": NAMESPACE},
-        "spec": {
-            "accessModes": ["ReadOnlyMany"],
-            "storageClassName": "",
-            "volumeName": f"models-{NAMESPACE}",
-            "resources": {"requests": {"storage": "500Gi"}},
-        },
-    }
-    return yaml.safe_dump_all([pv, pvc])
 
 
 def _start_operator(cluster: LocalCluster, state_dir: Path) -> procs.ManagedProcess:
@@ -134,7 +106,7 @@ def up(state_dir: Path) -> int:
     cluster.kubectl("apply", "--server-side", "-f", str(CRD))
     cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.gantry.dev")
     cluster.kubectl("create", "namespace", NAMESPACE)
-    cluster.kubectl("apply", "-f", "-", input=_models_volume())
+    cluster.kubectl("apply", "-f", "-", input=models_volume(NAMESPACE))
     _say("starting the operator and the process runner (a vLLM simulator per runtime pod)")
     operator = _start_operator(cluster, state_dir)
     runner.start_detached(state_dir, cluster.kubeconfig)

@@ -27,6 +27,7 @@ import yaml
 from tests.cluster import build, nodes
 from tests.cluster.cluster import LocalCluster
 from tests.cluster.polling import wait_for
+from tests.cluster.volumes import models_volume
 from tests.integration.operator_process import CRD, OperatorProcess
 
 __all__ = ["OPERATOR_ENV", "SETTLE", "Namespace", "cluster", "crd", "ns", "operator", "wait_for"]
@@ -119,30 +120,7 @@ def ns(cluster: LocalCluster, operator: OperatorProcess) -> Iterator[Namespace]:
     name = f"t-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)
     space = Namespace(cluster, name)
-    pv = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": f"models-{name}"},
-        "spec": {
-            "capacity": {"storage": "500Gi"},
-            "accessModes": ["ReadOnlyMany"],
-            "storageClassName": "",
-            "hostPath": {"path": "/models"},
-            "claimRef": {"namespace": name, "name": "models"},
-        },
-    }
-    pvc = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "models", "namespace": name},
-        "spec": {
-            "accessModes": ["ReadOnlyMany"],
-            "storageClassName": "",
-            "volumeName": f"models-{name}",
-            "resources": {"requests": {"storage": "500Gi"}},
-        },
-    }
-    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([pv, pvc]))
+    cluster.kubectl("apply", "-f", "-", input=models_volume(name))
     yield space
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
     cluster.kubectl("delete", "pv", f"models-{name}", "--wait=false", check=False)

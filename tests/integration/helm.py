@@ -14,22 +14,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import threading
-import urllib.request
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, Any
-
-import yaml
+from typing import Any
 
 from tests.cluster import nodes
 from tests.cluster.cluster import LocalCluster, free_ports
-from tests.cluster.polling import wait_for
+from tests.cluster.volumes import models_volume
+from tests.integration.operator_process import OperatorProcess
 from tests.tools import chart
 from tests.tools.chart import CHART, HELM_TEST_SCRIPT, RESIDENCY_VALUES, ROOT, template
 
@@ -147,7 +143,7 @@ class Release:
         return self.cluster.token_kubeconfig(token, path, user=self.username())
 
 
-class ChartOperator:
+class ChartOperator(OperatorProcess):
     """``gantry-operator`` with the installed Deployment's args, env and policy, run locally as
     the chart's ServiceAccount. ``extra_args`` are appended (e.g. ``--priority``)."""
 
@@ -159,81 +155,36 @@ class ChartOperator:
         pod_name: str = "gantry-operator-0",
         extra_args: Sequence[str] = (),
     ) -> None:
+        super().__init__(
+            workdir / f"{pod_name}.kubeconfig",
+            workdir / f"{pod_name}.log",
+            extra_args=tuple(extra_args),
+        )
         self.release = release
         self.workdir = workdir
         self.pod_name = pod_name
-        self.extra_args = tuple(extra_args)
-        self.log_path = workdir / f"{pod_name}.log"
-        self.argv: list[str] = []
-        self.process: subprocess.Popen[bytes] | None = None
-        self.metrics_url = ""
-        self._health_url = ""
-        self._log: IO[bytes] | None = None
 
     def start(self) -> ChartOperator:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        kubeconfig = self.release.token_kubeconfig(self.workdir / f"{self.pod_name}.kubeconfig")
+        self.release.token_kubeconfig(self.kubeconfig)
         policy = self.workdir / f"{self.pod_name}-policy.yaml"
         policy.write_text(self.release.policy_text())
         container = self.release.container()
         health, metrics = free_ports(2)
-        self._health_url = f"http://127.0.0.1:{health}/healthz"
+        self.health_url = f"http://127.0.0.1:{health}/healthz"
         self.metrics_url = f"http://127.0.0.1:{metrics}/metrics"
         self.argv = [
             *operator_argv(container, policy=policy, health_port=health, metrics_port=metrics),
             *self.extra_args,
         ]
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")},
-            **operator_env(container, self.pod_name),
-            "KUBECONFIG": str(kubeconfig),
-        }
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gantry_operator.main", *self.argv],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        self._launch(
+            {
+                **{k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")},
+                **operator_env(container, self.pod_name),
+                "KUBECONFIG": str(self.kubeconfig),
+            }
         )
-        wait_for(self._healthy, 60, f"operator {self.pod_name} not healthy; see {self.log_path}")
         return self
-
-    def _healthy(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"operator exited with {self.process.returncode}: {self.log()}")
-        try:
-            with urllib.request.urlopen(self._health_url, timeout=2) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL: no goodbye to the peers, like a node that died."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-        self._close()
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        self._close()
-
-    def _close(self) -> None:
-        if self._log:
-            self._log.close()
-            self._log = None
-
-    def log(self, tail: int | None = 4000) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return text if tail is None else text[-tail:]
 
 
 # -- permissions: granted by RBAC, used according to the audit log -----------------------------
@@ -376,30 +327,7 @@ def make_namespace(cluster: LocalCluster, name: str, *, models_pvc: bool = True)
     """A namespace, with the bound ``models`` PVC the examples read weights from."""
     cluster.kubectl("create", "namespace", name)
     if models_pvc:
-        pv = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": f"models-{name}"},
-            "spec": {
-                "capacity": {"storage": "500Gi"},
-                "accessModes": ["ReadOnlyMany"],
-                "storageClassName": "",
-                "hostPath": {"path": "/models"},
-                "claimRef": {"namespace": name, "name": "models"},
-            },
-        }
-        pvc = {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": "models", "namespace": name},
-            "spec": {
-                "accessModes": ["ReadOnlyMany"],
-                "storageClassName": "",
-                "volumeName": f"models-{name}",
-                "resources": {"requests": {"storage": "500Gi"}},
-            },
-        }
-        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([pv, pvc]))
+        cluster.kubectl("apply", "-f", "-", input=models_volume(name))
     return name
 
 

@@ -37,30 +37,32 @@ class OperatorProcess:
         self._log: IO[bytes] | None = None
         self.health_url = ""
         self.metrics_url = ""
+        self.argv: list[str] = []
 
     def start(self) -> OperatorProcess:
         port, metrics_port = free_ports(2)
         self.health_url = f"http://127.0.0.1:{port}/healthz"
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self.argv = [
+            "--all-namespaces",
+            f"--liveness={self.health_url}",
+            f"--metrics-address=127.0.0.1:{metrics_port}",
+            *self.extra_args,
+        ]
+        self._launch({**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig)})
+        return self
+
+    def _launch(self, env: Mapping[str, str]) -> None:
+        """Run ``gantry-operator`` with :attr:`argv` and wait until its liveness probe answers."""
         self._log = self.log_path.open("ab")
-        env = {**os.environ, **self.env, "KUBECONFIG": str(self.kubeconfig)}
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gantry_operator.main",
-                "--all-namespaces",
-                f"--liveness={self.health_url}",
-                f"--metrics-address=127.0.0.1:{metrics_port}",
-                *self.extra_args,
-            ],
-            env=env,
+            [sys.executable, "-m", "gantry_operator.main", *self.argv],
+            env=dict(env),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         wait_for(self._healthy, 60, f"operator did not report healthy; see {self.log_path}")
-        return self
 
     def _healthy(self) -> bool:
         assert self.process is not None
@@ -94,5 +96,6 @@ class OperatorProcess:
             self._log.close()
             self._log = None
 
-    def log(self, tail: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-tail:]
+    def log(self, tail: int | None = 4000) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return text if tail is None else text[-tail:]
