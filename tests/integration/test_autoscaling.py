@@ -11,6 +11,7 @@ import datetime as dt
 import itertools
 import json
 import re
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,9 +26,17 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster.cluster import LocalCluster
 from tests.cluster.polling import wait_for
+from tests.cluster.prometheus import (
+    PrometheusServer,
+    ScrapeJob,
+    Target,
+    ensure_prometheus,
+    relabel_config,
+)
 from tests.cluster.runner import ProcessRunner
 from tests.integration.conftest import SETTLE, Namespace
 from tests.integration.operator_process import ROOT, OperatorProcess
+from tests.tools import monitoring
 
 pytestmark = pytest.mark.integration
 
@@ -63,6 +72,66 @@ def manifest() -> dict[str, Any]:
         "scaleDownDelaySeconds": WINDOW,
     }
     return md
+
+
+class Scraper:
+    """A real Prometheus scraping the operator and every runtime pod, as the ServiceMonitor and
+    PodMonitor make it (targets follow the pods, synced each second from the API)."""
+
+    RUNTIME, OPERATOR = "gantry-runtime", "gantry-operator"
+
+    def __init__(self, ns: Namespace, operator: OperatorProcess, state_dir: Path) -> None:
+        self.ns = ns
+        relabel = [relabel_config(r) for r in monitoring.runtime_metric_relabelings()]
+        self.server = PrometheusServer(
+            jobs=[
+                ScrapeJob(self.RUNTIME, metric_relabel_configs=relabel),
+                ScrapeJob(self.OPERATOR, honor_labels=True),
+            ],
+            state_dir=state_dir,
+        )
+        self.operator_address = operator.metrics_url.split("/")[2]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sync, daemon=True)
+
+    def _sync(self) -> None:
+        while not self._stop.wait(1.0):
+            with contextlib.suppress(Exception):  # a failed read is retried next second
+                self.server.set_targets(
+                    self.RUNTIME,
+                    [
+                        Target(
+                            f"{pod['status']['podIP']}:8000",
+                            monitoring.runtime_target_labels(
+                                self.ns.name, NAME, pod["metadata"]["name"]
+                            ),
+                        )
+                        for pod in self.ns.items("pods", SELECTOR)
+                        if pod["status"].get("podIP")
+                    ],
+                )
+
+    def __enter__(self) -> Scraper:
+        self.server.start()
+        self.server.set_targets(self.OPERATOR, [Target(self.operator_address)])
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.server.stop()
+
+    def value(self, expr: str) -> float:
+        result = self.server.query(expr)
+        return float(result[0]["value"][1]) if result else float("nan")
+
+
+@pytest.fixture
+def prometheus(ns: Namespace, operator: OperatorProcess, tmp_path: Path) -> Iterator[Scraper]:
+    ensure_prometheus()
+    with Scraper(ns, operator, tmp_path / "prometheus") as scraper:
+        yield scraper
 
 
 @pytest.fixture
@@ -261,7 +330,7 @@ async def _burst(ns: Namespace, operator: OperatorProcess) -> Burst:
 
 
 def test_bursty_load_scales_up_fast_and_back_down_one_replica_at_a_time(
-    ns: Namespace, operator: OperatorProcess, runner: ProcessRunner
+    ns: Namespace, operator: OperatorProcess, runner: ProcessRunner, prometheus: Scraper
 ) -> None:
     assert ns.apply(manifest()).returncode == 0
     ns.wait_condition(NAME, "Ready", "True", "AllReplicasReady")
@@ -340,3 +409,23 @@ def test_bursty_load_scales_up_fast_and_back_down_one_replica_at_a_time(
     assert samples[("gantry_modeldeployment_queue_depth", "")] == 0
     assert answers(last)
     assert "Traceback" not in operator.log(tail=10**7)
+
+    # Prometheus saw the same story: the queue built up, replicas went to the maximum and back,
+    # and more than one runtime pod served requests.
+    selector = f'namespace="{ns.name}",modeldeployment="{NAME}"'
+    span = f"{int(time.monotonic() - started) + 60}s"
+    wait_for(
+        lambda: prometheus.value(f"gantry_modeldeployment_replicas_desired{{{selector}}}") == 1,
+        SETTLE,
+        "Prometheus has the final desired replicas",
+    )
+    peak = f"max_over_time(gantry_modeldeployment_replicas_desired{{{selector}}}[{span}])"
+    assert prometheus.value(peak) == MAX_REPLICAS
+    queue = f"max_over_time(gantry_modeldeployment_queue_depth{{{selector}}}[{span}])"
+    assert prometheus.value(queue) > TARGET
+    waiting = f"max_over_time(sum(vllm:num_requests_waiting{{{selector}}})[{span}:1s])"
+    assert prometheus.value(waiting) > 0
+    served = prometheus.server.query(
+        f"max_over_time(vllm:request_success_total{{{selector}}}[{span}]) > 0"
+    )
+    assert len({r["metric"]["pod"] for r in served}) > 1, served

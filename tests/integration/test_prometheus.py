@@ -99,22 +99,6 @@ class Simulator:
         return f"http://{self.address}"
 
 
-def runtime_target_labels(namespace: str, deployment: str, pod: str) -> dict[str, str]:
-    """The target labels podmonitor-runtime.yaml's relabelling gives a runtime pod."""
-    (endpoint,) = monitoring.load_yaml(monitoring.PODMONITOR)["spec"]["podMetricsEndpoints"]
-    meta = {
-        "__meta_kubernetes_namespace": namespace,
-        "__meta_kubernetes_pod_name": pod,
-        "__meta_kubernetes_pod_label_gantry_dev_model_deployment": deployment,
-    }
-    labels: dict[str, str] = {}
-    for rule in endpoint["relabelings"]:
-        assert rule["action"] == "replace"
-        (source,) = rule["sourceLabels"]
-        labels[rule["targetLabel"]] = meta[source]
-    return labels
-
-
 def _start_simulator(
     log_dir: Path, namespace: str, deployment: str, pod: str, extra: list[str]
 ) -> Simulator:
@@ -362,7 +346,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
         def runtime_targets(count: int) -> list[Target]:
             return [
-                Target(s.address, runtime_target_labels(s.namespace, s.deployment, s.pod))
+                Target(
+                    s.address, monitoring.runtime_target_labels(s.namespace, s.deployment, s.pod)
+                )
                 for s in sims[:count]
             ]
 

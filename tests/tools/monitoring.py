@@ -244,3 +244,26 @@ def main() -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def runtime_target_labels(namespace: str, deployment: str, pod: str) -> dict[str, str]:
+    """The target labels podmonitor-runtime.yaml's relabelling gives a runtime pod."""
+    (endpoint,) = load_yaml(PODMONITOR)["spec"]["podMetricsEndpoints"]
+    meta = {
+        "__meta_kubernetes_namespace": namespace,
+        "__meta_kubernetes_pod_name": pod,
+        "__meta_kubernetes_pod_label_gantry_dev_model_deployment": deployment,
+    }
+    labels: dict[str, str] = {}
+    for rule in endpoint["relabelings"]:
+        if rule["action"] != "replace":
+            raise ValueError(f"unexpected relabelling action in the PodMonitor: {rule}")
+        (source,) = rule["sourceLabels"]
+        labels[rule["targetLabel"]] = meta[source]
+    return labels
+
+
+def runtime_metric_relabelings() -> list[dict[str, Any]]:
+    """The PodMonitor's metricRelabelings (Prometheus Operator style)."""
+    (endpoint,) = load_yaml(PODMONITOR)["spec"]["podMetricsEndpoints"]
+    return list(endpoint.get("metricRelabelings", []))
