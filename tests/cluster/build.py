@@ -202,7 +202,7 @@ def ensure_built(names: Sequence[str] | None = None) -> None:
     _say(
         "first build of "
         + ", ".join(f"{c.name} {c.version}" for c in missing)
-        + f" into {cache_dir() / 'bin'} (about 15-25 minutes on 2 cores, once per machine)"
+        + f" into {cache_dir() / 'bin'} (about 20-30 minutes on 2 cores, once per machine)"
     )
     for component in missing:
         started = time.monotonic()
