@@ -42,6 +42,10 @@ class NamespaceTerminatingError(RuntimeError):
     """The namespace is being deleted: nothing may be created in it any more."""
 
 
+class GoneError(RuntimeError):
+    """The ModelDeployment was deleted between reading it and writing to it."""
+
+
 def apply(obj: Mapping[str, Any]) -> dict[str, Any]:
     """Server-side apply with Gantry's field manager, taking ownership of conflicting fields."""
     resource = _resource(obj["apiVersion"], obj["kind"])
@@ -93,31 +97,41 @@ def get_model_deployment(namespace: str, name: str) -> dict[str, Any] | None:
 def patch_status(namespace: str, name: str, status_patch: Mapping[str, Any]) -> None:
     """Merge-patch ``status`` through the status subresource."""
     api = client.CustomObjectsApi(_api_client())
-    api.patch_namespaced_custom_object_status(
-        GROUP,
-        VERSION,
-        namespace,
-        PLURAL,
-        name,
-        {"status": dict(status_patch)},
-        field_manager=FIELD_MANAGER,
-        _content_type="application/merge-patch+json",
-    )
+    try:
+        api.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": dict(status_patch)},
+            field_manager=FIELD_MANAGER,
+            _content_type="application/merge-patch+json",
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            raise GoneError(f"{namespace}/{name}") from None
+        raise
 
 
 def scale(namespace: str, name: str, replicas: int) -> None:
     """Set a ModelDeployment's replicas through its scale subresource."""
     api = client.CustomObjectsApi(_api_client())
-    api.patch_namespaced_custom_object_scale(
-        GROUP,
-        VERSION,
-        namespace,
-        PLURAL,
-        name,
-        {"spec": {"replicas": replicas}},
-        field_manager=FIELD_MANAGER,
-        _content_type="application/merge-patch+json",
-    )
+    try:
+        api.patch_namespaced_custom_object_scale(
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"spec": {"replicas": replicas}},
+            field_manager=FIELD_MANAGER,
+            _content_type="application/merge-patch+json",
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            raise GoneError(f"{namespace}/{name}") from None
+        raise
 
 
 def event(owner: Mapping[str, Any], *, reason: str, message: str, warning: bool = False) -> None:

@@ -56,6 +56,10 @@ def reconcile(namespace: str, name: str) -> str | None:
             log.info("Skipped %s/%s: its namespace is being deleted", namespace, name)
             result = "skipped"
             return None
+        except k8s.GoneError:
+            log.info("Skipped %s/%s: it was deleted while being reconciled", namespace, name)
+            result = "skipped"
+            return None
         finally:
             metrics.reconciles.labels(result).inc()
             metrics.reconcile_seconds.labels(result).observe(time.monotonic() - started)

@@ -8,6 +8,7 @@ it like any ``kubectl scale``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -90,7 +91,12 @@ def observe_load(namespace: str, name: str, ips: Sequence[str]) -> autoscaler.Lo
 
 
 def tick(namespace: str, name: str, memory: Memory, *, now: float | None = None) -> None:
-    """One autoscaler step for one ModelDeployment."""
+    """One autoscaler step for one ModelDeployment (nothing if it is deleted meanwhile)."""
+    with contextlib.suppress(k8s.GoneError):
+        _tick(namespace, name, memory, now=now)
+
+
+def _tick(namespace: str, name: str, memory: Memory, *, now: float | None) -> None:
     body = k8s.get_model_deployment(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return
