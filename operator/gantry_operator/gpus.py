@@ -30,18 +30,10 @@ class GPUProfile:
     products: tuple[str, ...]
     #: GPUs in the usual server of this type; a plan that needs more spans nodes.
     gpus_per_node: int
-    #: Native FP8 tensor cores (Ada, Hopper, Blackwell, CDNA3).
-    fp8: bool
-    #: NVLink/NVSwitch (or Infinity Fabric) between the node's GPUs: tensor parallel is cheap.
-    fast_interconnect: bool
 
     @property
     def memory_bytes(self) -> int:
         return self.memory_mib * MIB
-
-    @property
-    def toleration_key(self) -> str:
-        return self.resource
 
 
 PROFILES: dict[str, GPUProfile] = {
@@ -50,41 +42,39 @@ PROFILES: dict[str, GPUProfile] = {
         GPUProfile(
             "H100-80GB", "NVIDIA H100 80GB (SXM or PCIe)", 81559, (9, 0), "nvidia.com/gpu",
             NVIDIA_PRODUCT_LABEL, ("NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe", "NVIDIA-H100-NVL"),
-            8, True, True,
+            8,
         ),
         GPUProfile(
             "H200", "NVIDIA H200 141GB", 143771, (9, 0), "nvidia.com/gpu",
-            NVIDIA_PRODUCT_LABEL, ("NVIDIA-H200", "NVIDIA-H200-NVL"), 8, True, True,
+            NVIDIA_PRODUCT_LABEL, ("NVIDIA-H200", "NVIDIA-H200-NVL"), 8,
         ),
         GPUProfile(
             "B200", "NVIDIA B200 180GB", 183359, (10, 0), "nvidia.com/gpu",
-            NVIDIA_PRODUCT_LABEL, ("NVIDIA-B200",), 8, True, True,
+            NVIDIA_PRODUCT_LABEL, ("NVIDIA-B200",), 8,
         ),
         GPUProfile(
             "A100-80GB", "NVIDIA A100 80GB", 81920, (8, 0), "nvidia.com/gpu",
-            NVIDIA_PRODUCT_LABEL, ("NVIDIA-A100-SXM4-80GB", "NVIDIA-A100-80GB-PCIe"), 8, False,
-            True,
+            NVIDIA_PRODUCT_LABEL, ("NVIDIA-A100-SXM4-80GB", "NVIDIA-A100-80GB-PCIe"), 8,
         ),
         GPUProfile(
             "A100-40GB", "NVIDIA A100 40GB", 40960, (8, 0), "nvidia.com/gpu",
-            NVIDIA_PRODUCT_LABEL, ("NVIDIA-A100-SXM4-40GB", "NVIDIA-A100-PCIE-40GB"), 8, False,
-            True,
+            NVIDIA_PRODUCT_LABEL, ("NVIDIA-A100-SXM4-40GB", "NVIDIA-A100-PCIE-40GB"), 8,
         ),
         GPUProfile(
             "L40S", "NVIDIA L40S 48GB", 46068, (8, 9), "nvidia.com/gpu",
-            NVIDIA_PRODUCT_LABEL, ("NVIDIA-L40S",), 8, True, False,
+            NVIDIA_PRODUCT_LABEL, ("NVIDIA-L40S",), 8,
         ),
         GPUProfile(
             "L4", "NVIDIA L4 24GB", 23034, (8, 9), "nvidia.com/gpu",
-            NVIDIA_PRODUCT_LABEL, ("NVIDIA-L4",), 4, True, False,
+            NVIDIA_PRODUCT_LABEL, ("NVIDIA-L4",), 4,
         ),
         GPUProfile(
             "A10", "NVIDIA A10 24GB", 23028, (8, 6), "nvidia.com/gpu",
-            NVIDIA_PRODUCT_LABEL, ("NVIDIA-A10",), 4, False, False,
+            NVIDIA_PRODUCT_LABEL, ("NVIDIA-A10",), 4,
         ),
         GPUProfile(
             "MI300X", "AMD Instinct MI300X 192GB", 196592, (9, 4), "amd.com/gpu",
-            AMD_PRODUCT_LABEL, ("AMD_Instinct_MI300X", "AMD_Instinct_MI300X_OAM"), 8, True, True,
+            AMD_PRODUCT_LABEL, ("AMD_Instinct_MI300X", "AMD_Instinct_MI300X_OAM"), 8,
         ),
     )
 }  # fmt: skip

@@ -240,7 +240,7 @@ def build_deployment(spec: ModelDeploymentSpec, plan: Plan, *, owner: Owner) -> 
     volumes, mounts = _volumes(spec, shm)
     profile = spec.gpu.profile
     tolerations = [
-        {"key": profile.toleration_key, "operator": "Exists", "effect": "NoSchedule"},
+        {"key": profile.resource, "operator": "Exists", "effect": "NoSchedule"},
         *[dict(t) for t in spec.scheduling.tolerations],
     ]
     container: dict[str, Any] = {
