@@ -28,7 +28,7 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 unit: venv
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests/unit localcluster/tests
 
 vllm-env: venv
 	$(PY) -m tests.contract.vllm_env
@@ -37,25 +37,25 @@ contract: vllm-env
 	$(PY) -m pytest tests/contract -m contract
 
 cluster-build: venv
-	$(PY) -m tests.cluster build
+	$(PY) -m localcluster build
 
 prometheus: venv
-	$(PY) -m tests.cluster.prometheus
+	$(PY) -m localcluster.prometheus
 
 integration: cluster-build
 	$(PY) -m pytest tests/integration -m integration
 
 demo: cluster-build
-	$(PY) -m tests.cluster.demo
+	$(PY) -m localcluster.demo
 
 demo-down: venv
-	$(PY) -m tests.cluster.demo down
+	$(PY) -m localcluster.demo down
 
 docs: venv
-	$(PY) -m tests.tools.docblocks
+	$(PY) -m hack.docblocks
 
 sync-chart: venv
-	$(PY) -m tests.tools.sync_chart
+	$(PY) -m hack.sync_chart
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

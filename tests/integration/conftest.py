@@ -1,7 +1,7 @@
-"""Fixtures for tests against the local control plane (see ``tests/cluster``).
+"""Fixtures for tests against the local control plane (see ``localcluster``).
 
-``cluster`` (session scope) is a running :class:`~tests.cluster.cluster.LocalCluster` with the
-fake GPU nodes of :mod:`tests.cluster.nodes` created and Ready: use ``cluster.kubeconfig`` and
+``cluster`` (session scope) is a running :class:`~localcluster.cluster.LocalCluster` with the
+fake GPU nodes of :mod:`localcluster.nodes` created and Ready: use ``cluster.kubeconfig`` and
 ``cluster.kubectl(*args, input=None, check=True)``. Missing binaries are built first (a long
 one-time build), never skipped. ``wait_for(predicate, timeout, message)`` is the bounded poll
 to use instead of sleeps.
@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster import build, nodes
-from tests.cluster.cluster import LocalCluster
-from tests.cluster.polling import wait_for
-from tests.cluster.volumes import models_volume
+from localcluster import build, nodes
+from localcluster.cluster import LocalCluster
+from localcluster.polling import wait_for
+from localcluster.volumes import models_volume
 from tests.integration.operator_process import CRD, OperatorProcess
 
 __all__ = ["OPERATOR_ENV", "SETTLE", "Namespace", "cluster", "crd", "ns", "operator", "wait_for"]

@@ -1,7 +1,7 @@
 """The Helm chart against the local control plane: helm, the chart's operator as a process, and
 what the API server's audit log says the operator did.
 
-* :func:`helm`: the real helm against a cluster (offline rendering: :mod:`tests.tools.chart`).
+* :func:`helm`: the real helm against a cluster (offline rendering: :mod:`hack.chart`).
 * :class:`ChartOperator`: ``gantry-operator`` run exactly as the chart's Deployment runs it
   (its args, env and mounted policy file, read back from the installed objects) but as a local
   process, authenticated only with a token of the chart's ServiceAccount.
@@ -22,12 +22,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.cluster import nodes
-from tests.cluster.cluster import LocalCluster, free_ports
-from tests.cluster.volumes import models_volume
+from hack import chart
+from hack.chart import CHART, HELM_TEST_SCRIPT, RESIDENCY_VALUES, ROOT, template
+from localcluster import nodes
+from localcluster.cluster import LocalCluster, free_ports
+from localcluster.volumes import models_volume
 from tests.integration.operator_process import OperatorProcess
-from tests.tools import chart
-from tests.tools.chart import CHART, HELM_TEST_SCRIPT, RESIDENCY_VALUES, ROOT, template
 
 __all__ = [
     "CHART",

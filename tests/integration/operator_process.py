@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
-from tests.cluster.cluster import free_ports
-from tests.cluster.polling import wait_for
+from localcluster.cluster import free_ports
+from localcluster.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "deploy" / "crds" / "gantry.dev_modeldeployments.yaml"

@@ -24,19 +24,19 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.cluster.cluster import LocalCluster
-from tests.cluster.polling import wait_for
-from tests.cluster.prometheus import (
+from hack import monitoring
+from localcluster.cluster import LocalCluster
+from localcluster.polling import wait_for
+from localcluster.prometheus import (
     PrometheusServer,
     ScrapeJob,
     Target,
     ensure_prometheus,
     relabel_config,
 )
-from tests.cluster.runner import ProcessRunner
+from localcluster.runner import ProcessRunner
 from tests.integration.conftest import SETTLE, Namespace
 from tests.integration.operator_process import ROOT, OperatorProcess
-from tests.tools import monitoring
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.cluster import build, nodes, versions
-from tests.cluster.cluster import LocalCluster
+from localcluster import build, nodes, versions
+from localcluster.cluster import LocalCluster
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration

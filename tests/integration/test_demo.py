@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _demo(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tests.cluster.demo", *args],
+        [sys.executable, "-m", "localcluster.demo", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

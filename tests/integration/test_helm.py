@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster import build, nodes
-from tests.cluster.cluster import METADATA_AUDIT_POLICY, LocalCluster, free_ports
-from tests.cluster.polling import wait_for
+from localcluster import build, nodes
+from localcluster.cluster import METADATA_AUDIT_POLICY, LocalCluster, free_ports
+from localcluster.polling import wait_for
 from tests.integration.helm import (
     CHART,
     HELM_TEST_SCRIPT,

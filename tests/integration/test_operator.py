@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster import nodes
-from tests.cluster.polling import wait_for
+from localcluster import nodes
+from localcluster.polling import wait_for
 from tests.integration.conftest import SETTLE, Namespace
 from tests.integration.operator_process import ROOT, OperatorProcess
 

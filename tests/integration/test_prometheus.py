@@ -1,7 +1,7 @@
 """Gantry's dashboards and alerts against a real Prometheus scraping real simulator processes.
 
 No Kubernetes here (this module does not use the ``cluster`` fixture): Prometheus, from
-Debian's package (tests/cluster/prometheus.py), scrapes on loopback
+Debian's package (localcluster/prometheus.py), scrapes on loopback
 
 * three vLLM simulators (``python -m gantry_runtime.simulator``) with the target labels the
   PodMonitor's relabelling gives runtime pods: two replicas of team-a/gpt-oss-20b under a steady
@@ -36,10 +36,11 @@ import openai
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from tests.cluster import procs
-from tests.cluster.cluster import free_ports
-from tests.cluster.polling import wait_for
-from tests.cluster.prometheus import (
+from hack import monitoring
+from localcluster import procs
+from localcluster.cluster import free_ports
+from localcluster.polling import wait_for
+from localcluster.prometheus import (
     PrometheusServer,
     ScrapeJob,
     Target,
@@ -47,7 +48,6 @@ from tests.cluster.prometheus import (
     relabel_config,
     sample_values,
 )
-from tests.tools import monitoring
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

@@ -1,7 +1,7 @@
 """The Helm chart (charts/gantry), offline: lint, schema, rendering, RBAC shape, the policy file
 the operator will read, monitoring copies, the helm-test check, and the kube-score scan.
 
-helm and kube-score are built from their Go modules on first use (tests/cluster/build.py). The
+helm and kube-score are built from their Go modules on first use (localcluster/build.py). The
 chart on a real API server is tests/integration/test_helm.py.
 """
 
@@ -24,8 +24,8 @@ import yaml
 from gantry_operator import metrics
 from gantry_operator.policy import parse_policy
 from gantry_operator.spec import DEFAULT_RUNTIME_IMAGE
-from tests.tools import chart, sync_chart
-from tests.tools.chart import CHART, RESIDENCY_VALUES, ROOT, by_kind, one, template
+from hack import chart, sync_chart
+from hack.chart import CHART, RESIDENCY_VALUES, ROOT, by_kind, one, template
 
 CANONICAL_CRD = ROOT / "deploy" / "crds" / "gantry.dev_modeldeployments.yaml"
 MONITORING = ROOT / "deploy" / "monitoring"
@@ -167,7 +167,7 @@ def test_values_yaml_documents_every_key() -> None:
 
 
 def test_chart_copies_of_canonical_files_are_identical() -> None:
-    assert sync_chart.differences() == [], "run `python -m tests.tools.sync_chart`"
+    assert sync_chart.differences() == [], "run `python -m hack.sync_chart`"
     copied = {copy.relative_to(CHART).as_posix() for _, copy in sync_chart.pairs()}
     assert "files/crds/gantry.dev_modeldeployments.yaml" in copied
     assert {

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools import docblocks
+from hack import docblocks
 
 
 @pytest.mark.parametrize("path", docblocks.files(), ids=lambda p: p.name)
 def test_generated_blocks_are_current(path: Path) -> None:
     text = path.read_text()
     assert text == docblocks.regenerate(text), (
-        f"{path} is out of date with the planner: run `python -m tests.tools.docblocks`"
+        f"{path} is out of date with the planner: run `python -m hack.docblocks`"
     )
 
 

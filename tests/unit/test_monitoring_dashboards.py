@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.prometheus import ensure_promtool
-from tests.tools import monitoring
+from hack import monitoring
+from localcluster.prometheus import ensure_promtool
 
 DASHBOARDS = monitoring.dashboards()
 NAMES = sorted(DASHBOARDS)

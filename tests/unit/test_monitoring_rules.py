@@ -2,7 +2,7 @@
 the generated rule file, label and metric-name contracts, and the autoscaling examples.
 
 promtool comes from Debian's prometheus package, installed on first use
-(tests/cluster/prometheus.py).
+(localcluster/prometheus.py).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import yaml
 
 from gantry_operator.manifests.common import COMPONENT_RUNTIME, MANAGED_BY, MD_LABEL
 from gantry_operator.spec import parse
-from tests.cluster.prometheus import ensure_promtool
-from tests.tools import monitoring
+from hack import monitoring
+from localcluster.prometheus import ensure_promtool
 
 REPO = monitoring.ROOT
 AUTOSCALING = monitoring.MONITORING / "autoscaling"
@@ -71,8 +71,8 @@ def test_rule_file_is_generated_from_the_prometheus_rule() -> None:
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert rule["kind"] == "PrometheusRule"
     text = monitoring.RULE_FILE.read_text()
-    assert yaml.safe_load(text) == rule["spec"], "run: python -m tests.tools.monitoring"
-    assert text == monitoring.render_rule_file(), "run: python -m tests.tools.monitoring"
+    assert yaml.safe_load(text) == rule["spec"], "run: python -m hack.monitoring"
+    assert text == monitoring.render_rule_file(), "run: python -m hack.monitoring"
 
 
 def test_rule_file_render_follows_the_source(tmp_path: Path) -> None:

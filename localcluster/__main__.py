@@ -1,9 +1,9 @@
-"""``python -m tests.cluster {build,up,runner,down,status,env}``: the local control plane by hand.
+"""``python -m localcluster {build,up,runner,down,status,env}``: the local control plane by hand.
 
 ``up`` starts a detached cluster (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 kwok) with the fake GPU nodes in a persistent state dir and returns; ``runner`` (or
 ``up --runner``) starts the process runner, which runs a vLLM simulator for every runtime pod
-(see :mod:`tests.cluster.runner`); ``down`` stops both and removes the state; ``status`` shows
+(see :mod:`localcluster.runner`); ``down`` stops both and removes the state; ``status`` shows
 what runs; ``env`` prints shell exports for it.
 """
 
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from tests.cluster import build, nodes, runner
-from tests.cluster.cluster import (
+from localcluster import build, nodes, runner
+from localcluster.cluster import (
     STATE_FILE,
     ClusterAlreadyRunningError,
     ClusterError,
@@ -69,7 +69,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             _say(f"creating {len(nodes.NODES)} fake GPU nodes")
             nodes.create(cluster)
     except ClusterAlreadyRunningError as error:
-        print(f"{error}; run `python -m tests.cluster down` first")
+        print(f"{error}; run `python -m localcluster down` first")
         return 1
     except BaseException:
         cluster.stop(remove_state=False)  # keep the logs for a look
@@ -101,7 +101,7 @@ def cmd_runner(args: argparse.Namespace) -> int:
         return 0
     cluster = _attached(state_dir)
     if cluster is None or not all(cluster.running().values()):
-        print(f"no running cluster in {state_dir}: run `python -m tests.cluster up` first")
+        print(f"no running cluster in {state_dir}: run `python -m localcluster up` first")
         return 1
     existing = runner.detached(state_dir)
     if existing is not None and existing.alive():
@@ -163,7 +163,7 @@ def cmd_env(args: argparse.Namespace) -> int:
     cluster = _attached(args.state_dir)
     if cluster is None:
         print(
-            f"# no cluster in {args.state_dir}: run `python -m tests.cluster up`", file=sys.stderr
+            f"# no cluster in {args.state_dir}: run `python -m localcluster up`", file=sys.stderr
         )
         return 1
     _print_env(cluster)
@@ -171,7 +171,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.cluster", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m localcluster", description=__doc__)
     parser.add_argument(
         "--state-dir",
         type=Path,

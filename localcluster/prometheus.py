@@ -40,8 +40,8 @@ from typing import Any
 
 import yaml
 
-from tests.cluster import procs
-from tests.cluster.cluster import free_ports, listening_sockets, loopback_host
+from localcluster import procs
+from localcluster.cluster import free_ports, listening_sockets, loopback_host
 
 PACKAGE = "prometheus"
 SEARCH_DIRS = (Path("/usr/bin"), Path("/usr/local/bin"))
@@ -514,7 +514,7 @@ def has_finite_sample(result: Sequence[Mapping[str, Any]]) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tests.cluster.prometheus``: install (if needed) and print both binaries."""
+    """``python -m localcluster.prometheus``: install (if needed) and print both binaries."""
     del argv
     print(ensure_prometheus())
     print(ensure_promtool())

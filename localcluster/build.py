@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.cluster import versions
+from localcluster import versions
 
 
 def cache_dir() -> Path:

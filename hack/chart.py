@@ -2,7 +2,7 @@
 
 Used by the fast static checks (tests/unit/test_chart.py) and by the tests against the local
 control plane (tests/integration/test_helm.py). helm and kube-score are the binaries
-:mod:`tests.cluster.build` makes from their Go modules (built on first use, never skipped).
+:mod:`localcluster.build` makes from their Go modules (built on first use, never skipped).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from tests.cluster import build
+from localcluster import build
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "gantry"
 RESIDENCY_VALUES = CHART / "values-residency.yaml"
 HELM_TEST_SCRIPT = CHART / "files" / "helm-test.py"

@@ -122,7 +122,7 @@ def spawn(
 
     ``die_with_parent`` makes the kernel kill the process if the thread that started it dies
     (a SIGKILLed pytest, say), so nothing is left behind even when no teardown runs. A detached
-    cluster (``python -m tests.cluster up``) turns it off.
+    cluster (``python -m localcluster up``) turns it off.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:

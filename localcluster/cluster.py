@@ -1,5 +1,5 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and kwok (fake kubelets), started from the binaries :mod:`tests.cluster.build`
+kube-scheduler and kwok (fake kubelets), started from the binaries :mod:`localcluster.build`
 makes.
 
 Like envtest, the apiserver serves HTTPS on 127.0.0.1 with RBAC and Node authorization and an
@@ -43,10 +43,10 @@ from typing import Any
 
 import yaml
 
-from tests.cluster import build, pki, procs
+from localcluster import build, pki, procs
 
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
-#: Covers every fake node's ``spec.podCIDR`` (see :mod:`tests.cluster.nodes`).
+#: Covers every fake node's ``spec.podCIDR`` (see :mod:`localcluster.nodes`).
 CLUSTER_CIDR = "127.1.0.0/16"
 #: Pod IPs for a managed node that has no ``spec.podCIDR`` (none of ours).
 KWOK_FALLBACK_CIDR = "127.3.0.0/16"
@@ -460,7 +460,7 @@ class LocalCluster:
             if not component.built():
                 raise ClusterError(
                     f"{component.name} {component.version} is not built: run "
-                    "`python -m tests.cluster build` (or build.ensure_built())"
+                    "`python -m localcluster build` (or build.ensure_built())"
                 )
         phase = time.monotonic()
         self._pki = pki.generate(self.pki_dir)
@@ -678,7 +678,7 @@ _STATE_ENTRIES = frozenset(
     {
         STATE_FILE, "pki", "kubeconfig", "kubeconfigs", "logs", "etcd", "certs", "kwok-home",
         AUDIT_POLICY_FILE,
-        "runner.json",  # a detached process runner (tests.cluster.runner)
+        "runner.json",  # a detached process runner (localcluster.runner)
     }
 )  # fmt: skip
 

@@ -2,7 +2,7 @@
 
 The chart renders the ModelDeployment CRD, the ServiceMonitor, PodMonitor, PrometheusRule and
 the Grafana dashboards from copies of the one canonical file each (Helm reads only files inside
-the chart directory, so it cannot point at ``deploy/``). ``python -m tests.tools.sync_chart``
+the chart directory, so it cannot point at ``deploy/``). ``python -m hack.sync_chart``
 rewrites the copies and removes copies whose source is gone; ``--check`` only reports the
 differences (exit 1), as ``tests/unit/test_chart.py`` does.
 """
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "gantry"
 
 #: (canonical directory, glob, copy directory): every match is copied under its own name.
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in problems:
             print(line, file=sys.stderr)
         if problems:
-            print("run `python -m tests.tools.sync_chart` (make sync-chart)", file=sys.stderr)
+            print("run `python -m hack.sync_chart` (make sync-chart)", file=sys.stderr)
         return 1 if problems else 0
     for line in sync():
         print(f"synced: {line}")

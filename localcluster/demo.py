@@ -1,10 +1,10 @@
 """``make demo``: the main job in one command, on a local cluster with fake GPU nodes.
 
-``python -m tests.cluster.demo`` builds or reuses the binaries, starts a detached local control
+``python -m localcluster.demo`` builds or reuses the binaries, starts a detached local control
 plane with the fake GPU nodes, installs the CRD, runs the operator and a process runner that
 starts a vLLM simulator at each runtime pod's IP, applies the gpt-oss-120b and gpt-oss-20b
 examples and prints what a user would look at, ending with a chat completion from a runtime
-pod. Everything keeps running; the kubeconfig path is printed. ``python -m tests.cluster.demo
+pod. Everything keeps running; the kubeconfig path is printed. ``python -m localcluster.demo
 down`` (``make demo-down``) stops the runner, the operator and the cluster and removes the
 state.
 """
@@ -21,12 +21,12 @@ from pathlib import Path
 
 import openai
 
-from tests.cluster import build, nodes, procs, runner
-from tests.cluster.cluster import LocalCluster, free_ports
-from tests.cluster.polling import wait_for
-from tests.cluster.volumes import models_volume
+from localcluster import build, nodes, procs, runner
+from localcluster.cluster import LocalCluster, free_ports
+from localcluster.polling import wait_for
+from localcluster.volumes import models_volume
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "deploy" / "crds" / "gantry.dev_modeldeployments.yaml"
 EXAMPLES = ROOT / "deploy" / "examples"
 DEMO_FILE = "demo.json"
@@ -181,7 +181,7 @@ def down(state_dir: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.cluster.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m localcluster.demo", description=__doc__)
     parser.add_argument("command", nargs="?", default="up", choices=["up", "down"])
     parser.add_argument("--state-dir", type=Path, default=default_state_dir())
     args = parser.parse_args(argv)

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from gantry_runtime.launchspec import ENV_VAR, LaunchSpec
-from tests.cluster.polling import wait_for
-from tests.cluster.runner import ProcessRunner, child_env, pod_targets
+from localcluster.polling import wait_for
+from localcluster.runner import ProcessRunner, child_env, pod_targets
 
 NODE = "h100-test"
 

@@ -1,6 +1,6 @@
 """Gantry's monitoring files (deploy/monitoring) as data, for the tests and one generator.
 
-``python -m tests.tools.monitoring`` rewrites ``deploy/monitoring/rules/gantry-alerts.yaml``,
+``python -m hack.monitoring`` rewrites ``deploy/monitoring/rules/gantry-alerts.yaml``,
 the plain Prometheus rule file, from the ``spec`` of the canonical
 ``deploy/monitoring/prometheusrule.yaml``; ``tests/unit/test_monitoring_rules.py`` fails when
 the two differ.
@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 MONITORING = ROOT / "deploy" / "monitoring"
 PROMETHEUS_RULE = MONITORING / "prometheusrule.yaml"
 RULE_FILE = MONITORING / "rules" / "gantry-alerts.yaml"
@@ -35,7 +35,7 @@ METRICS_DOC = ROOT / "docs" / "metrics.md"
 
 HEADER = (
     "# GENERATED from deploy/monitoring/prometheusrule.yaml (its spec) by\n"
-    "# `python -m tests.tools.monitoring`: edit that file, then rerun the command.\n"
+    "# `python -m hack.monitoring`: edit that file, then rerun the command.\n"
     "# A plain Prometheus rule file, for `promtool check rules` / `promtool test rules` and for\n"
     "# a Prometheus without the Prometheus Operator (rule_files: in prometheus.yml).\n"
 )

@@ -27,8 +27,8 @@ dies without cleaning up::
         ...
         runner.processes()   # pod UID -> RuntimeProcess (namespace, name, ip, pid, alive)
 
-``python -m tests.cluster.runner --kubeconfig FILE --log-dir DIR`` runs one in the foreground
-until SIGTERM or Ctrl-C; ``python -m tests.cluster runner`` (or ``up --runner``) starts one
+``python -m localcluster.runner --kubeconfig FILE --log-dir DIR`` runs one in the foreground
+until SIGTERM or Ctrl-C; ``python -m localcluster runner`` (or ``up --runner``) starts one
 detached for the local cluster, recorded in its state dir, and ``down`` stops it.
 """
 
@@ -53,8 +53,8 @@ import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from tests.cluster import procs
-from tests.cluster.cluster import KWOK_NODE_ANNOTATION, loopback_host
+from localcluster import procs
+from localcluster.cluster import KWOK_NODE_ANNOTATION, loopback_host
 
 RUNTIME_SELECTOR = "app.kubernetes.io/managed-by=gantry,app.kubernetes.io/component=runtime"
 #: The container the simulator stands in for (the first container when none is named so).
@@ -437,11 +437,11 @@ class ProcessRunner:
         )
 
 
-# -- detached, for `python -m tests.cluster runner` -------------------------------------------
+# -- detached, for `python -m localcluster runner` -------------------------------------------
 
 #: Where a detached runner is recorded, in the cluster's state dir (``down`` stops it).
 STATE_FILE = "runner.json"
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def detached(state_dir: Path) -> procs.ManagedProcess | None:
@@ -466,7 +466,7 @@ def start_detached(
     argv = [
         sys.executable,
         "-m",
-        "tests.cluster.runner",
+        "localcluster.runner",
         f"--kubeconfig={kubeconfig}",
         f"--log-dir={state_dir / 'logs' / 'runtime'}",
         *(f"--knob={name}={value}" for name, value in knobs.items()),
@@ -512,7 +512,7 @@ def knob(text: str) -> tuple[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.cluster.runner",
+        prog="python -m localcluster.runner",
         description="Run a vLLM simulator for every Running Gantry runtime pod on a fake node.",
     )
     parser.add_argument("--kubeconfig", type=Path, required=True)

@@ -6,7 +6,7 @@ A block is written as::
     ...output...
     <!-- end -->
 
-``python -m tests.tools.docblocks`` rewrites every block from the current code; the unit test
+``python -m hack.docblocks`` rewrites every block from the current code; the unit test
 ``tests/unit/test_docs.py`` fails when a block differs from what the command prints now.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from gantry_operator.cli import main as gantry
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DOCS = (ROOT / "docs", ROOT / "README.md")
 BLOCK = re.compile(r"(<!-- (gantry [^>]*?) -->\n)(.*?)(<!-- end -->)", re.DOTALL)
 

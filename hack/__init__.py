@@ -1,0 +1,1 @@
+"""Generators of committed files: docs tables, the chart's copies of deploy/, dashboards."""
