@@ -66,7 +66,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from gantry_operator.autoscaler import Load, Recommendation, decide
+from gantry_operator.autoscaling.policy import Load, Recommendation, decide
 from gantry_operator.spec import Autoscaling
 from gantry_runtime.simulator.config import SimConfig, parse_config
 from gantry_runtime.simulator.engine import Engine, RequestGroup, SimRequest

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import socket
 import zlib
 from collections.abc import Sequence
@@ -12,8 +13,11 @@ from collections.abc import Sequence
 import kopf
 import prometheus_client
 
-from gantry_operator import handlers, reconcile
+from gantry_operator import handlers
+from gantry_operator.config import OperatorConfig, ScrapeLimits
+from gantry_operator.controller import Controller
 from gantry_operator.policy import load_policy
+from gantry_operator.spec import GROUP
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,6 +57,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--policy", default=None, help="cluster policy file (residency, sources, NetworkPolicy)"
     )
+    parser.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=300.0,
+        help="seconds between in-memory comparisons of every object with its children",
+    )
+    parser.add_argument(
+        "--autoscale-seconds",
+        type=float,
+        default=float(os.environ.get("GANTRY_AUTOSCALE_INTERVAL", "10")),
+        help="seconds between autoscaler ticks (default: $GANTRY_AUTOSCALE_INTERVAL or 10)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=8, help="ModelDeployments reconciled at once"
+    )
+    parser.add_argument(
+        "--scrape-max-bytes",
+        type=int,
+        default=ScrapeLimits.max_bytes,
+        help="bytes read from one runtime pod's /metrics before it is skipped",
+    )
+    parser.add_argument(
+        "--scrape-deadline",
+        type=float,
+        default=ScrapeLimits.deadline_seconds,
+        help="seconds for one scrape of a runtime pod's /metrics",
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -62,14 +93,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         # kopf logs every handler run; Gantry's reconcile logs what it changed.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    reconcile.configure(load_policy(args.policy))
+    config = OperatorConfig(
+        policy=load_policy(args.policy),
+        resync_seconds=args.resync_seconds,
+        autoscale_seconds=args.autoscale_seconds,
+        workers=args.workers,
+        scrape=ScrapeLimits(max_bytes=args.scrape_max_bytes, deadline_seconds=args.scrape_deadline),
+    )
     host, _, port = args.metrics_address.rpartition(":")
     prometheus_client.start_http_server(int(port), addr=host or "0.0.0.0")
     _ = handlers  # registers the handlers with kopf
-    handlers.PEERING_LIFETIME = args.peering_lifetime
     # Named namespaces only (no kopf patterns such as `llm-*`): no cluster-wide reads needed.
     exact = all(not set(name) & set("*?!,") for name in args.namespace)
-    handlers.CLUSTER_SCANNING = not (args.namespace and exact)
     # kopf pauses every operator of equal priority; replicas must differ, and a stable hash of
     # the pod name keeps a restarted pod's priority.
     priority = args.priority
@@ -83,9 +118,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             peering_name=args.peering,
             standalone=args.peering is None,
             liveness_endpoint=args.liveness,
+            settings=_settings(args.peering_lifetime, scanning=not (args.namespace and exact)),
+            memo=kopf.Memo(controller=Controller(config)),
         )
     )
     return 0
+
+
+def _settings(peering_lifetime: int, *, scanning: bool) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.posting.level = 100  # no per-handler events; the reconcile posts its own
+    settings.watching.server_timeout = 270
+    settings.peering.lifetime = peering_lifetime
+    # kopf's cluster-wide scans (namespaces, CRDs) are off when only named namespaces are
+    # served, so namespace-scoped RBAC is enough: kopf then takes the names as given.
+    settings.scanning.disabled = not scanning
+    # Only watch-event handlers exist: kopf never writes to the objects. Should that change,
+    # its bookkeeping stays under gantry.dev/, never in the user-facing status.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"
+    return settings
 
 
 if __name__ == "__main__":

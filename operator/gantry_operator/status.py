@@ -38,6 +38,10 @@ class Observed:
     plan: Mapping[str, Any] | None = None
     selector: str = ""
     endpoint: str = ""
+    #: Why replicas fail (ReplicaFailure, ProgressDeadlineExceeded, CrashLoopBackOff, ...).
+    failure: Problem | None = None
+    #: The generation the operator has acted on (the current one unless the write failed).
+    observed_generation: int | None = None
 
 
 def _cond(type_: str, status: bool, reason: str, message: str) -> dict[str, Any]:
@@ -59,6 +63,7 @@ def conditions(obs: Observed) -> list[dict[str, Any]]:
             _cond(DEGRADED, False, problem.reason, "No workload exists yet"),
         ]
     counts = f"{obs.ready} of {obs.desired} replicas ready"
+    failure = obs.failure
     if obs.desired == 0:
         ready = _cond(READY, False, "ScaledToZero", "spec.replicas is 0")
     elif obs.ready >= obs.desired:
@@ -67,10 +72,14 @@ def conditions(obs: Observed) -> list[dict[str, Any]]:
         ready = _cond(READY, True, "PartiallyReady", counts)
     elif obs.unschedulable:
         ready = _cond(READY, False, "Unschedulable", f"{counts}: {obs.unschedulable}")
+    elif failure:
+        ready = _cond(READY, False, failure.reason, f"{counts}: {failure.message}")
     else:
         ready = _cond(READY, False, "Loading", f"{counts}; waiting for vLLM to load the model")
     if obs.unschedulable:
         progressing = _cond(PROGRESSING, True, "Unschedulable", obs.unschedulable)
+    elif failure and failure.reason == "ProgressDeadlineExceeded":
+        progressing = _cond(PROGRESSING, False, failure.reason, failure.message)
     elif obs.updated < obs.desired or obs.ready < obs.desired:
         progressing = _cond(
             PROGRESSING,
@@ -86,6 +95,8 @@ def conditions(obs: Observed) -> list[dict[str, Any]]:
             f"The last good workload keeps serving; the new spec was not applied: "
             f"{problem.message}",
         )  # fmt: skip
+    elif failure and obs.desired > 0 and obs.ready < obs.desired:
+        degraded = _cond(DEGRADED, True, failure.reason, failure.message)
     else:
         degraded = _cond(DEGRADED, False, "AsExpected", "The current spec is applied")
     return [ready, progressing, degraded]
@@ -129,8 +140,9 @@ def merge_conditions(
 def compute(previous: Mapping[str, Any], obs: Observed, *, now: str) -> dict[str, Any]:
     """The whole status object; ``now`` is used only for conditions that flipped."""
     conds = conditions(obs)
+    generation = obs.generation if obs.observed_generation is None else obs.observed_generation
     status: dict[str, Any] = {
-        "observedGeneration": obs.generation,
+        "observedGeneration": generation,
         "phase": phase(conds, obs),
         "model": obs.model,
         "replicas": obs.replicas,
@@ -149,10 +161,62 @@ def compute(previous: Mapping[str, Any], obs: Observed, *, now: str) -> dict[str
     return status
 
 
-def changes(previous: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """The merge patch that turns ``previous`` into ``new`` (empty when nothing changed)."""
-    patch: dict[str, Any] = {k: v for k, v in new.items() if previous.get(k) != v}
-    for key in previous:
-        if key not in new and key != "autoscaler":
-            patch[key] = None
-    return patch
+#: The status fields the operator writes (``autoscaler`` belongs to the autoscaler).
+OPERATOR_FIELDS = (
+    "observedGeneration", "phase", "model", "replicas", "readyReplicas", "conditions",
+    "selector", "endpoint", "plan",
+)  # fmt: skip
+
+
+def changed(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """True when the operator's part of the status differs from what the object holds."""
+    return any(previous.get(key) != new.get(key) for key in OPERATOR_FIELDS)
+
+
+_WAITING_FAILURES = (
+    "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashLoopBackOff",
+    "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
+)  # fmt: skip
+
+
+def unschedulable(pods: Sequence[Mapping[str, Any]]) -> str | None:
+    """The scheduler's message for the first runtime pod it cannot place."""
+    for pod in pods:
+        pod_status = pod.get("status") or {}
+        if pod_status.get("phase") != "Pending":
+            continue
+        for cond in pod_status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("reason") == "Unschedulable":
+                return f"pod {pod['metadata']['name']} cannot be scheduled: {cond.get('message')}"
+    return None
+
+
+def pod_failure(pods: Sequence[Mapping[str, Any]]) -> Problem | None:
+    """Why a runtime container fails: image pulls, crash loops, OOM kills (with the message)."""
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            last = (container.get("lastState") or {}).get("terminated") or {}
+            if last.get("reason") == "OOMKilled":
+                return Problem(
+                    "OOMKilled",
+                    f"pod {name} was killed for running out of memory (exit code "
+                    f"{last.get('exitCode')}); raise spec.runtime.resources.limits.memory",
+                )
+            if waiting.get("reason") in _WAITING_FAILURES:
+                detail = waiting.get("message") or last.get("message") or ""
+                if last.get("message") and last.get("message") not in detail:
+                    detail = f"{detail}; last exit: {last['message']}".strip("; ")
+                return Problem(str(waiting["reason"]), f"pod {name}: {detail or waiting['reason']}")
+    return None
+
+
+def deployment_failure(deployment: Mapping[str, Any] | None) -> Problem | None:
+    """The Deployment's own failure conditions (ReplicaFailure, ProgressDeadlineExceeded)."""
+    for cond in ((deployment or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            return Problem("ReplicaFailure", str(cond.get("message") or cond.get("reason")))
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return Problem("ProgressDeadlineExceeded", str(cond.get("message")))
+    return None

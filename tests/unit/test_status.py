@@ -14,11 +14,13 @@ from gantry_operator.status import (
     READY,
     Observed,
     Problem,
-    changes,
+    changed,
     compute,
     conditions,
+    deployment_failure,
     merge_conditions,
     phase,
+    pod_failure,
 )
 
 T0, T1 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
@@ -235,24 +237,91 @@ def test_conditions_have_camel_case_reasons() -> None:
         observed(problem=Problem("InvalidSpec", "x"), workload=False),
     ],
 )
-def test_changes_is_empty_when_nothing_changed(obs: Observed) -> None:
+def test_nothing_changed_means_no_write(obs: Observed) -> None:
     first = compute({}, obs, now=T0)
     again = compute(first, obs, now=T1)
     assert again == first
-    assert changes(first, again) == {}
+    assert not changed(first, again)
 
 
-def test_changes_is_a_merge_patch() -> None:
+def test_changed_looks_only_at_the_operators_fields() -> None:
     first = compute({}, observed(), now=T0)
-    second = compute(first, observed(ready=1, replicas=1), now=T1)
-    patch = changes(first, second)
-    assert set(patch) == {"phase", "readyReplicas", "replicas", "conditions"}
-    assert patch["phase"] == "Progressing"
-    assert patch["readyReplicas"] == 1
-    # Keys that disappear are deleted; the autoscaler's own key is left alone.
-    previous = {**first, "endpoint": ENDPOINT, "autoscaler": {"desired": 2}, "stale": 1}
-    no_endpoint = {k: v for k, v in first.items() if k != "endpoint"}
-    assert changes(previous, no_endpoint) == {"endpoint": None, "stale": None}
+    assert changed(first, compute(first, observed(ready=1, replicas=1), now=T1))
+    # The autoscaler's block (another writer's) never makes the operator write.
+    assert not changed({**first, "autoscaler": {"desiredReplicas": 2}}, first)
+    # A field the operator no longer sets is a change (server-side apply removes it).
+    assert first["endpoint"] == ENDPOINT
+    assert changed(first, {k: v for k, v in first.items() if k != "endpoint"})
+
+
+def pod(name: str, **container: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "status": {"phase": "Running", "containerStatuses": [{"name": "runtime", **container}]},
+    }
+
+
+def test_pod_failures_quote_the_underlying_message() -> None:
+    pull = pod("p1", state={"waiting": {"reason": "ImagePullBackOff", "message": "no registry"}})
+    assert pod_failure([pull]) == Problem("ImagePullBackOff", "pod p1: no registry")
+    crash = pod(
+        "p2",
+        state={"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s"}},
+        lastState={
+            "terminated": {"reason": "Error", "message": "missing shard model-2.safetensors"}
+        },
+    )
+    failure = pod_failure([crash])
+    assert failure is not None
+    assert failure.reason == "CrashLoopBackOff"
+    assert "missing shard model-2.safetensors" in failure.message
+    oom = pod("p3", lastState={"terminated": {"reason": "OOMKilled", "exitCode": 137}})
+    failure = pod_failure([oom])
+    assert failure is not None
+    assert failure.reason == "OOMKilled"
+    assert "limits.memory" in failure.message
+    assert pod_failure([pod("ok", state={"running": {}})]) is None
+
+
+def test_deployment_failures_surface_in_conditions() -> None:
+    dep = {
+        "status": {
+            "conditions": [
+                {
+                    "type": "ReplicaFailure",
+                    "status": "True",
+                    "reason": "FailedCreate",
+                    "message": 'pods "md-x" is forbidden: no PriorityClass with name gold',
+                }
+            ]
+        }
+    }
+    failure = deployment_failure(dep)
+    assert failure == Problem("ReplicaFailure", dep["status"]["conditions"][0]["message"])
+    conds = by_type(conditions(observed(ready=0, failure=failure)))
+    assert (conds[READY]["status"], conds[READY]["reason"]) == ("False", "ReplicaFailure")
+    assert "PriorityClass" in conds[READY]["message"]
+    assert (conds[DEGRADED]["status"], conds[DEGRADED]["reason"]) == ("True", "ReplicaFailure")
+    timed_out = {
+        "type": "Progressing",
+        "status": "False",
+        "reason": "ProgressDeadlineExceeded",
+        "message": "ReplicaSet has timed out",
+    }
+    stuck = {"status": {"conditions": [timed_out]}}
+    failure = deployment_failure(stuck)
+    assert failure is not None
+    conds = by_type(conditions(observed(ready=0, failure=failure)))
+    assert (conds[PROGRESSING]["status"], conds[PROGRESSING]["reason"]) == (
+        "False",
+        "ProgressDeadlineExceeded",
+    )
+
+
+def test_observed_generation_stays_when_the_spec_was_not_applied() -> None:
+    status = compute({}, observed(generation=4, observed_generation=3), now=T0)
+    assert status["observedGeneration"] == 3
+    assert all(c["observedGeneration"] == 4 for c in status["conditions"])
 
 
 def test_phase_uses_the_conditions() -> None:

@@ -1,0 +1,1 @@
+"""Autoscaling: the pure policy (:mod:`.policy`) and the loop that feeds it (:mod:`.loop`)."""

@@ -1,0 +1,247 @@
+"""The autoscaler loop: scrape our ready runtime pods, export the load, decide, scale.
+
+One asyncio task ticks for every ModelDeployment the watch holds. The load gauges are exported
+for all of them (HPA and KEDA users read them too); decisions are made only where
+``spec.autoscaling.enabled``. A decision goes through the scale subresource, so the reconcile
+propagates it like any ``kubectl scale``; the ``status.autoscaler`` block is the autoscaler's
+own (server-side apply, field manager ``gantry-autoscaler``).
+
+Every scrape is bounded (DESIGN.md 4.12): a byte limit, a deadline and a concurrency limit
+shared by all pods. Only pods of the ReplicaSets of the Deployment this ModelDeployment
+controls are scraped; a pod past a bound is skipped, counted, and reported with an Event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from gantry_operator import k8s, metrics
+from gantry_operator.autoscaling import policy
+from gantry_operator.config import ScrapeLimits
+from gantry_operator.reconcile import Reconciler
+from gantry_operator.store import Children, Key, Store, controller_of, key_of, owned_by
+from gantry_runtime.launchspec import PORT
+
+log = logging.getLogger(__name__)
+RUNNING, WAITING, KV = (
+    "vllm:num_requests_running",
+    "vllm:num_requests_waiting",
+    "vllm:kv_cache_usage_perc",
+)
+_WANTED = (RUNNING, WAITING, KV)
+#: The classic text format keeps vLLM's `vllm:` names (OpenMetrics 1.0 would rewrite them).
+ACCEPT = "text/plain; version=0.0.4"
+
+
+class ScrapeError(Exception):
+    """A pod's /metrics could not be read within the bounds."""
+
+
+def parse_metrics(text: str) -> tuple[float, float, float]:
+    """(running, waiting, KV usage) from one pod's /metrics, summed over label sets.
+
+    Only the lines of the three families are parsed (a vLLM page holds ~40 families)."""
+    lines = [
+        line
+        for line in text.splitlines()
+        if line.startswith(_WANTED) or (line.startswith("# ") and any(w in line for w in _WANTED))
+    ]
+    values = {RUNNING: 0.0, WAITING: 0.0, KV: 0.0}
+    for family in text_string_to_metric_families("\n".join(lines) + "\n"):
+        if family.name in values:
+            values[family.name] += sum(sample.value for sample in family.samples)
+    return values[RUNNING], values[WAITING], values[KV]
+
+
+async def scrape(
+    session: aiohttp.ClientSession, ip: str, limits: ScrapeLimits, *, port: int = PORT
+) -> tuple[float, float, float]:
+    """One pod's load; raises ScrapeError past the byte limit or the deadline."""
+    body = bytearray()
+    try:
+        async with asyncio.timeout(limits.deadline_seconds):
+            async with session.get(
+                f"http://{ip}:{port}/metrics", headers={"Accept": ACCEPT}
+            ) as response:
+                if response.status != 200:
+                    raise ScrapeError(f"HTTP {response.status}")
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    body += chunk
+                    if len(body) > limits.max_bytes:
+                        raise ScrapeError(f"/metrics is larger than {limits.max_bytes} bytes")
+    except TimeoutError:
+        raise ScrapeError(f"no complete answer within {limits.deadline_seconds:g} s") from None
+    except aiohttp.ClientError as exc:
+        raise ScrapeError(str(exc) or type(exc).__name__) from None
+    try:
+        return parse_metrics(body.decode("utf-8", errors="replace"))
+    except ValueError as exc:
+        raise ScrapeError(f"unparseable /metrics: {exc}") from None
+
+
+def our_ready_pods(children: Children, uid: str) -> list[tuple[str, str]]:
+    """(pod name, IP) of the ready pods that the Deployment this ModelDeployment controls made.
+
+    A pod counts only if its controller is the ReplicaSet named after that Deployment and the
+    pod's template hash, as the Deployment controller names them."""
+    deployment = children.get("Deployment")
+    if deployment is None or not owned_by(deployment, uid):
+        return []
+    ready = []
+    for pod in children.pods:
+        meta = pod["metadata"]
+        ref = controller_of(pod) or {}
+        expected = (
+            f"{deployment['metadata']['name']}-{meta.get('labels', {}).get('pod-template-hash')}"
+        )
+        status = pod.get("status") or {}
+        conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+        if (
+            ref.get("kind") == "ReplicaSet"
+            and ref.get("name") == expected
+            and conditions.get("Ready") == "True"
+            and status.get("podIP")
+            and not meta.get("deletionTimestamp")
+        ):
+            ready.append((str(meta["name"]), str(status["podIP"])))
+    return sorted(ready)
+
+
+@dataclass
+class Memory:
+    """What the loop keeps between ticks for one ModelDeployment."""
+
+    history: list[policy.Recommendation] = field(default_factory=list)
+    #: Pods whose last scrape failed (an Event is posted when a pod starts failing).
+    failing: set[str] = field(default_factory=set)
+
+
+class Autoscaler:
+    def __init__(
+        self, store: Store, reconciler: Reconciler, *, interval: float, limits: ScrapeLimits
+    ) -> None:
+        self.store, self.reconciler = store, reconciler
+        self.interval, self.limits = interval, limits
+        self.memory: dict[Key, Memory] = {}
+        self._slots = asyncio.Semaphore(limits.concurrency)
+
+    def forget(self, key: Key) -> None:
+        self.memory.pop(key, None)
+
+    async def run(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self.limits.concurrency, force_close=True)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            while True:
+                started = time.monotonic()
+                await self.tick(session)
+                await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+    async def tick(self, session: aiohttp.ClientSession, *, now: float | None = None) -> None:
+        mds = self.store.model_deployments()
+        await asyncio.gather(*(self._one(session, md, now) for md in mds))
+
+    async def _scrape(
+        self, session: aiohttp.ClientSession, ip: str
+    ) -> tuple[float, float, float] | ScrapeError:
+        async with self._slots:
+            try:
+                return await scrape(session, ip, self.limits)
+            except ScrapeError as exc:
+                return exc
+
+    async def _one(
+        self, session: aiohttp.ClientSession, md: Mapping[str, Any], now: float | None
+    ) -> None:
+        if md["metadata"].get("deletionTimestamp"):
+            return
+        want = self.reconciler.intent(md)
+        spec = want.spec
+        if spec is None:
+            return  # the reconcile reports it
+        key = key_of(md)
+        memory = self.memory.setdefault(key, Memory())
+        pods = our_ready_pods(self.store.children(key), md["metadata"]["uid"])
+        started = time.monotonic()
+        results = await asyncio.gather(*(self._scrape(session, ip) for _, ip in pods))
+        metrics.scrape_seconds.observe(time.monotonic() - started)
+        samples = [r for r in results if not isinstance(r, ScrapeError)]
+        await self._report_failures(md, memory, pods, results)
+        running = sum(s[0] for s in samples)
+        waiting = sum(s[1] for s in samples)
+        kv = sum(s[2] for s in samples) / len(samples) if samples else 0.0
+        metrics.record_load(key[0], key[1], running + waiting, waiting, kv)
+        if not spec.autoscaling.enabled:
+            memory.history.clear()
+            return
+        load = policy.Load(ready=len(samples), running=running, waiting=waiting, kv_usage=kv)
+        decision, memory.history = policy.decide(
+            spec.autoscaling,
+            load,
+            current=spec.replicas,
+            now=now or time.monotonic(),
+            history=memory.history,
+        )
+        await asyncio.to_thread(self._act, md, spec.replicas, spec.autoscaling.metric, decision)
+
+    async def _report_failures(
+        self,
+        md: Mapping[str, Any],
+        memory: Memory,
+        pods: Sequence[tuple[str, str]],
+        results: Sequence[object],
+    ) -> None:
+        key = key_of(md)
+        failing = set()
+        for (pod, ip), result in zip(pods, results, strict=True):
+            if not isinstance(result, ScrapeError):
+                continue
+            failing.add(pod)
+            metrics.scrape_errors.labels(*key).inc()
+            if pod not in memory.failing:
+                message = f"Skipped runtime pod {pod} ({ip}) in autoscaling: {result}"
+                log.warning("%s/%s: %s", key[0], key[1], message)
+                await asyncio.to_thread(
+                    k8s.event, md, reason="ScrapeFailed", message=message, warning=True
+                )
+        memory.failing = failing
+
+    def _act(
+        self, md: Mapping[str, Any], current: int, metric: str, decision: policy.Decision
+    ) -> None:
+        namespace, name = key_of(md)
+        previous: Mapping[str, Any] = (md.get("status") or {}).get("autoscaler") or {}
+        record: dict[str, Any] = {
+            "desiredReplicas": decision.replicas,
+            "recommendedReplicas": decision.recommended,
+            "metric": metric,
+            "reason": decision.reason,
+        }
+        try:
+            if decision.replicas != current:
+                k8s.scale(namespace, name, decision.replicas)
+                metrics.scale_events.labels(namespace, name, decision.direction).inc()
+                record["lastScaleTime"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                message = (
+                    f"Scaled from {current} to {decision.replicas} replicas: {decision.reason}"
+                )
+                k8s.event(md, reason=f"Scaled{decision.direction.capitalize()}", message=message)
+                log.info("%s/%s: %s", namespace, name, message)
+            elif "lastScaleTime" in previous:
+                record["lastScaleTime"] = previous["lastScaleTime"]
+            # Written when the decision changes, not every tick (the reason has live numbers).
+            if any(
+                previous.get(k) != record.get(k)
+                for k in ("desiredReplicas", "recommendedReplicas", "lastScaleTime")
+            ):
+                k8s.apply_status(namespace, name, {"autoscaler": record}, manager=k8s.AUTOSCALER)
+        except (k8s.GoneError, k8s.NamespaceTerminatingError):
+            pass  # deleted meanwhile

@@ -1,0 +1,99 @@
+"""The running operator: watch events fill the store and queue reconciles; workers, the resync
+and the autoscaler run as asyncio tasks. kopf delivers the events (handlers.py) and nothing
+else: no kopf timers, daemons, finalizers or annotations on the user's objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from gantry_operator import metrics
+from gantry_operator.autoscaling.loop import Autoscaler
+from gantry_operator.config import OperatorConfig
+from gantry_operator.reconcile import Reconciler
+from gantry_operator.store import MODEL_DEPLOYMENT, Key, Store, key_of, owner_key
+from gantry_operator.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+
+class Controller:
+    def __init__(self, config: OperatorConfig) -> None:
+        self.config = config
+        self.store = Store()
+        self.reconciler = Reconciler(self.store, config)
+        self.autoscaler = Autoscaler(
+            self.store,
+            self.reconciler,
+            interval=config.autoscale_seconds,
+            limits=config.scrape,
+        )
+        self.queue: WorkQueue[Key] | None = None
+        #: Reconciles are synchronous (the kubernetes client); they run on their own threads.
+        self._pool = ThreadPoolExecutor(config.workers, thread_name_prefix="gantry-reconcile")
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- watch events ---------------------------------------------------------------------
+    def model_deployment_event(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        key = key_of(obj)
+        if event_type == "DELETED":
+            self.store.remove(MODEL_DEPLOYMENT, obj)
+            self.reconciler.forget(str(obj["metadata"].get("uid")))
+            self.autoscaler.forget(key)
+            metrics.forget(*key)
+            return
+        self.store.put(MODEL_DEPLOYMENT, obj)
+        self._enqueue(key)
+
+    def child_event(self, kind: str, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        if event_type == "DELETED":
+            self.store.remove(kind, obj)
+        else:
+            self.store.put(kind, obj)
+        owner = owner_key(kind, obj)
+        if owner is not None and self.store.get(MODEL_DEPLOYMENT, owner) is not None:
+            self._enqueue(owner)
+
+    def _enqueue(self, key: Key) -> None:
+        if self.queue is not None:
+            self.queue.add(key)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.queue = WorkQueue(self._reconcile, workers=self.config.workers)
+        self.queue.start()
+        self._tasks = [
+            asyncio.create_task(self._resync(), name="gantry-resync"),
+            asyncio.create_task(self.autoscaler.run(), name="gantry-autoscaler"),
+        ]
+        for md in self.store.model_deployments():
+            self.queue.add(key_of(md))
+        log.info(
+            "Started %d reconcile workers, resync every %gs, autoscaler every %gs",
+            self.config.workers,
+            self.config.resync_seconds,
+            self.config.autoscale_seconds,
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.queue is not None:
+            await self.queue.stop()
+        # What was in flight is repaired by the next start or leader (level-triggered).
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _reconcile(self, key: Key) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool, self.reconciler.reconcile, key)
+
+    async def _resync(self) -> None:
+        """Queue every ModelDeployment now and then: compared in memory, written only on drift."""
+        while True:
+            await asyncio.sleep(self.config.resync_seconds)
+            for md in self.store.model_deployments():
+                self._enqueue(key_of(md))

@@ -1,0 +1,141 @@
+"""The operator's view of the cluster: the latest object of every watched kind, fed by watch
+events (never by polling). Reconciles and the autoscaler read it instead of the API server.
+
+Objects are the raw API dicts. Children are found by their owner: the controller
+ownerReference for Deployments, Services, PDBs and NetworkPolicies, the
+``gantry.dev/model-deployment`` label for pods (their owner is a ReplicaSet).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gantry_operator.spec import KIND
+
+Obj = Mapping[str, Any]
+Key = tuple[str, str]
+
+MODEL_DEPLOYMENT = KIND
+#: Child kinds by (apiVersion, kind); every one is watched (label managed-by=gantry).
+CHILD_KINDS: dict[str, str] = {
+    "Deployment": "apps/v1",
+    "Service": "v1",
+    "PodDisruptionBudget": "policy/v1",
+    "NetworkPolicy": "networking.k8s.io/v1",
+}
+POD = "Pod"
+MD_LABEL = "gantry.dev/model-deployment"
+
+
+def key_of(obj: Obj) -> Key:
+    meta = obj["metadata"]
+    return (str(meta.get("namespace") or ""), str(meta["name"]))
+
+
+def controller_of(obj: Obj) -> Mapping[str, Any] | None:
+    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return dict(ref)
+    return None
+
+
+def owned_by(obj: Obj, uid: str) -> bool:
+    """True when ``obj``'s controller ownerReference is the object with ``uid``."""
+    ref = controller_of(obj)
+    return ref is not None and ref.get("uid") == uid
+
+
+def _newer(old: Obj | None, new: Obj) -> bool:
+    """False when ``new`` is an older resourceVersion than what is held (a late apply result)."""
+    if old is None:
+        return True
+    try:
+        return int(new["metadata"]["resourceVersion"]) >= int(old["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return True
+
+
+@dataclass(frozen=True)
+class Children:
+    """What exists for one ModelDeployment, as last seen."""
+
+    objects: Mapping[str, Obj] = field(default_factory=dict)  # kind -> object
+    pods: tuple[Obj, ...] = ()
+
+    def get(self, kind: str) -> Obj | None:
+        return self.objects.get(kind)
+
+
+class Store:
+    """Thread-safe: watch handlers write from the event loop, reconciles read from workers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._objects: dict[str, dict[Key, Obj]] = {
+            kind: {} for kind in (MODEL_DEPLOYMENT, *CHILD_KINDS, POD)
+        }
+        self._pods_by_owner: dict[Key, dict[str, Obj]] = {}
+
+    def put(self, kind: str, obj: Obj) -> None:
+        key = key_of(obj)
+        with self._lock:
+            table = self._objects[kind]
+            if not _newer(table.get(key), obj):
+                return
+            table[key] = obj
+            if kind == POD:
+                owner = obj["metadata"].get("labels", {}).get(MD_LABEL)
+                if owner:
+                    self._pods_by_owner.setdefault((key[0], owner), {})[key[1]] = obj
+
+    def remove(self, kind: str, obj: Obj) -> None:
+        key = key_of(obj)
+        with self._lock:
+            self._objects[kind].pop(key, None)
+            if kind == POD:
+                owner = obj["metadata"].get("labels", {}).get(MD_LABEL)
+                pods = self._pods_by_owner.get((key[0], owner or ""))
+                if pods is not None:
+                    pods.pop(key[1], None)
+                    if not pods:
+                        del self._pods_by_owner[(key[0], owner or "")]
+
+    def get(self, kind: str, key: Key) -> Obj | None:
+        with self._lock:
+            return self._objects[kind].get(key)
+
+    def model_deployments(self) -> list[Obj]:
+        with self._lock:
+            return list(self._objects[MODEL_DEPLOYMENT].values())
+
+    def children(self, key: Key) -> Children:
+        """The children named like the ModelDeployment ``key`` (owned or not) and its pods."""
+        with self._lock:
+            objects = {
+                kind: obj
+                for kind in CHILD_KINDS
+                if (obj := self._objects[kind].get(key)) is not None
+            }
+            pods = tuple(self._pods_by_owner.get(key, {}).values())
+        return Children(objects, tuple(sorted(pods, key=lambda p: str(p["metadata"]["name"]))))
+
+    def sizes(self) -> Iterator[tuple[str, int]]:
+        with self._lock:
+            for kind, table in self._objects.items():
+                yield kind, len(table)
+
+
+def owner_key(kind: str, obj: Obj) -> Key | None:
+    """The ModelDeployment a child event concerns (None for objects that are not ours)."""
+    namespace = str(obj["metadata"].get("namespace") or "")
+    if kind == POD:
+        owner = obj["metadata"].get("labels", {}).get(MD_LABEL)
+        return (namespace, owner) if owner else None
+    ref = controller_of(obj)
+    if ref and ref.get("kind") == KIND:
+        return (namespace, str(ref["name"]))
+    owner = obj["metadata"].get("labels", {}).get(MD_LABEL)
+    return (namespace, owner) if owner else None

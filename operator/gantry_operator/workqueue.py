@@ -1,0 +1,73 @@
+"""A work queue for level-triggered reconciles (client-go's workqueue, in asyncio).
+
+* Bursts coalesce: a key added while it waits is queued once.
+* A key added while it is being processed runs once more afterwards, not once per event.
+* One key is never processed twice at once; up to ``workers`` different keys run together.
+* A key whose processing raised is retried with exponential backoff (1 s doubling to 60 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+log = logging.getLogger(__name__)
+MAX_BACKOFF_SECONDS = 60.0
+
+
+class WorkQueue(Generic[K]):
+    def __init__(self, process: Callable[[K], Awaitable[None]], *, workers: int) -> None:
+        self._process = process
+        self._workers = workers
+        self._queue: asyncio.Queue[K] = asyncio.Queue()
+        self._queued: set[K] = set()
+        self._running: set[K] = set()
+        self._dirty: set[K] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._failures: dict[K, int] = {}
+
+    def add(self, key: K) -> None:
+        if key in self._running:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    def __len__(self) -> int:
+        return len(self._queued) + len(self._running)
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._work(), name=f"gantry-worker-{i}")
+            for i in range(self._workers)
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _work(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            self._running.add(key)
+            try:
+                await self._process(key)
+                self._failures.pop(key, None)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                delay = min(2.0 ** (failures - 1), MAX_BACKOFF_SECONDS)
+                log.exception("Reconcile of %s failed; retrying in %.0f s", key, delay)
+                asyncio.get_running_loop().call_later(delay, self.add, key)
+            finally:
+                self._running.discard(key)
+                if key in self._dirty:
+                    self._dirty.discard(key)
+                    self.add(key)
