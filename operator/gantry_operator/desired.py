@@ -61,7 +61,7 @@ class Decision:
     #: Stamped objects to server-side apply, in order; ``creates`` marks those not seen yet.
     apply: tuple[Mapping[str, Any], ...] = ()
     creates: frozenset[str] = frozenset()
-    #: Owned children to delete (with their uid as a precondition).
+    #: Owned children to delete (each with its own uid as a precondition).
     delete: tuple[ObjectRef, ...] = ()
     #: Same-named children controlled by someone else: left untouched, reported.
     conflicts: tuple[str, ...] = ()
@@ -139,7 +139,7 @@ def decide(want: Intent, children: Children, uid: str) -> Decision:
             kind,
             str(seen["metadata"]["namespace"]),
             str(seen["metadata"]["name"]),
-            uid,
+            str(seen["metadata"]["uid"]),
         )
         for kind, api_version in CHILD_KINDS.items()
         if kind not in wanted and (seen := children.get(kind)) is not None and owned_by(seen, uid)
