@@ -19,8 +19,15 @@ MAX_BACKOFF_SECONDS = 60.0
 
 
 class WorkQueue(Generic[K]):
-    def __init__(self, process: Callable[[K], Awaitable[None]], *, workers: int) -> None:
+    def __init__(
+        self,
+        process: Callable[[K], Awaitable[None]],
+        *,
+        workers: int,
+        base_backoff: float = 1.0,
+    ) -> None:
         self._process = process
+        self._base_backoff = base_backoff
         self._workers = workers
         self._queue: asyncio.Queue[K] = asyncio.Queue()
         self._queued: set[K] = set()
@@ -63,8 +70,8 @@ class WorkQueue(Generic[K]):
                 raise
             except Exception:
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
-                delay = min(2.0 ** (failures - 1), MAX_BACKOFF_SECONDS)
-                log.exception("Reconcile of %s failed; retrying in %.0f s", key, delay)
+                delay = min(self._base_backoff * 2.0 ** (failures - 1), MAX_BACKOFF_SECONDS)
+                log.exception("Reconcile of %s failed; retrying in %.2g s", key, delay)
                 asyncio.get_running_loop().call_later(delay, self.add, key)
             finally:
                 self._running.discard(key)

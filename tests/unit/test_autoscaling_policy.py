@@ -11,8 +11,15 @@ from collections.abc import Callable, Sequence
 import pytest
 from prometheus_client import generate_latest
 
-from gantry_operator.autoscaling.policy import TOLERANCE, Decision, Load, Recommendation, decide, recommend
 from gantry_operator.autoscaling.loop import parse_metrics
+from gantry_operator.autoscaling.policy import (
+    TOLERANCE,
+    Decision,
+    Load,
+    Recommendation,
+    decide,
+    recommend,
+)
 from gantry_operator.spec import Autoscaling
 from gantry_runtime.simulator.config import parse_config
 from gantry_runtime.simulator.engine import Engine, RequestGroup, SimRequest
