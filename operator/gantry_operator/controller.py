@@ -95,5 +95,6 @@ class Controller:
         """Queue every ModelDeployment now and then: compared in memory, written only on drift."""
         while True:
             await asyncio.sleep(self.config.resync_seconds)
+            metrics.resyncs.inc()
             for md in self.store.model_deployments():
                 self._enqueue(key_of(md))

@@ -39,6 +39,9 @@ scale_events = Counter(
     "gantry_autoscaler_scale_events", "Scale decisions applied", (*MD, "direction")
 )
 reconciles = Counter("gantry_reconcile", "Reconciles by result", ("result",))
+resyncs = Counter(
+    "gantry_resync", "Resync passes (every ModelDeployment compared in memory with its children)"
+)
 reconcile_seconds = Histogram(
     "gantry_reconcile_duration_seconds", "Reconcile wall time", ("result",),
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),

@@ -30,13 +30,26 @@ from localcluster.polling import wait_for
 from localcluster.volumes import models_volume
 from tests.integration.operator_process import CRD, OperatorProcess
 
-__all__ = ["OPERATOR_ENV", "SETTLE", "Namespace", "cluster", "crd", "ns", "operator", "wait_for"]
+__all__ = [
+    "OPERATOR_ENV",
+    "RESYNC_SECONDS",
+    "SETTLE",
+    "Namespace",
+    "cluster",
+    "crd",
+    "ns",
+    "operator",
+    "wait_for",
+]
 
 #: Bounded wait for the operator to converge.
 SETTLE = 90.0
 #: The autoscaler ticks every second (default 10) so autoscaling tests react quickly; where
 #: autoscaling is off it only scrapes and exports the load gauges.
 OPERATOR_ENV = {"GANTRY_AUTOSCALE_INTERVAL": "1"}
+#: The operator's resync period in tests: drift must be repaired from watch events well
+#: before it, and a resync that finds nothing drifted must write nothing.
+RESYNC_SECONDS = 20
 
 
 def _say(message: str) -> None:
@@ -69,7 +82,12 @@ def operator(
     cluster: LocalCluster, crd: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    process = OperatorProcess(cluster.kubeconfig, log, env=OPERATOR_ENV).start()
+    process = OperatorProcess(
+        cluster.kubeconfig,
+        log,
+        env=OPERATOR_ENV,
+        extra_args=(f"--resync-seconds={RESYNC_SECONDS}",),
+    ).start()
     yield process
     process.stop()
 
