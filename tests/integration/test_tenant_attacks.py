@@ -254,7 +254,7 @@ def test_a_pod_with_an_endless_metrics_body_cannot_take_the_operator_down(
         peak = max(peak, _rss_mb(pid))
         events = json.loads(ns.kubectl("get", "events", "-o", "json").stdout)["items"]
         return any(
-            e.get("reason") == "ScrapeFailed" and "larger than" in (e.get("note") or "")
+            e.get("reason") == "ScrapeFailed" and "larger than" in (e.get("message") or "")
             for e in events
         )
 

@@ -86,4 +86,6 @@ def test_a_resync_with_nothing_drifted_writes_nothing(
     verbs = {"APPLY", "PATCH", "POST", "PUT", "GET"}
     children = delta(before, after, CHILDREN, verbs)
     assert not {k: v for k, v in children.items() if k[2] == ""}, children
-    assert not delta(before, after, {"modeldeployments"}, verbs), after
+    # Reads of ModelDeployments are not counted: the garbage collector GETs owners it has not
+    # seen yet, and the counters do not say who asked. Writes of them are all ours.
+    assert not delta(before, after, {"modeldeployments"}, verbs - {"GET"}), after

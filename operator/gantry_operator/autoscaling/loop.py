@@ -43,7 +43,11 @@ ACCEPT = "text/plain; version=0.0.4"
 
 
 class ScrapeError(Exception):
-    """A pod's /metrics could not be read within the bounds."""
+    """A pod's /metrics could not be read within the bounds; ``kind`` says which way."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def parse_metrics(text: str) -> tuple[float, float, float]:
@@ -73,19 +77,23 @@ async def scrape(
                 f"http://{ip}:{port}/metrics", headers={"Accept": ACCEPT}
             ) as response:
                 if response.status != 200:
-                    raise ScrapeError(f"HTTP {response.status}")
+                    raise ScrapeError("status", f"HTTP {response.status}")
                 async for chunk in response.content.iter_chunked(64 * 1024):
                     body += chunk
                     if len(body) > limits.max_bytes:
-                        raise ScrapeError(f"/metrics is larger than {limits.max_bytes} bytes")
+                        raise ScrapeError(
+                            "size", f"/metrics is larger than {limits.max_bytes} bytes"
+                        )
     except TimeoutError:
-        raise ScrapeError(f"no complete answer within {limits.deadline_seconds:g} s") from None
+        raise ScrapeError(
+            "deadline", f"no complete answer within {limits.deadline_seconds:g} s"
+        ) from None
     except aiohttp.ClientError as exc:
-        raise ScrapeError(str(exc) or type(exc).__name__) from None
+        raise ScrapeError("connection", str(exc) or type(exc).__name__) from None
     try:
         return parse_metrics(body.decode("utf-8", errors="replace"))
     except ValueError as exc:
-        raise ScrapeError(f"unparseable /metrics: {exc}") from None
+        raise ScrapeError("format", f"unparseable /metrics: {exc}") from None
 
 
 def our_ready_pods(children: Children, uid: str) -> list[tuple[str, str]]:
@@ -121,8 +129,8 @@ class Memory:
     """What the loop keeps between ticks for one ModelDeployment."""
 
     history: list[policy.Recommendation] = field(default_factory=list)
-    #: Pods whose last scrape failed (an Event is posted when a pod starts failing).
-    failing: set[str] = field(default_factory=set)
+    #: Pods whose last scrape failed, and how (an Event when a pod starts failing a new way).
+    failing: dict[str, str] = field(default_factory=dict)
 
 
 class Autoscaler:
@@ -200,13 +208,13 @@ class Autoscaler:
         results: Sequence[object],
     ) -> None:
         key = key_of(md)
-        failing = set()
+        failing = {}
         for (pod, ip), result in zip(pods, results, strict=True):
             if not isinstance(result, ScrapeError):
                 continue
-            failing.add(pod)
+            failing[pod] = result.kind
             metrics.scrape_errors.labels(*key).inc()
-            if pod not in memory.failing:
+            if memory.failing.get(pod) != result.kind:
                 message = f"Skipped runtime pod {pod} ({ip}) in autoscaling: {result}"
                 log.warning("%s/%s: %s", key[0], key[1], message)
                 await asyncio.to_thread(
