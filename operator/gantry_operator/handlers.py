@@ -49,9 +49,14 @@ async def pod_disruption_budget(event: kopf.RawEvent, memo: kopf.Memo, **_: Any)
     _controller(memo).child_event("PodDisruptionBudget", event["type"], event["object"])
 
 
-@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS)
 async def network_policy(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     _controller(memo).child_event("NetworkPolicy", event["type"], event["object"])
+
+
+def watch_network_policies() -> None:
+    """NetworkPolicies are watched only when the cluster policy has the operator make them
+    (without it the operator needs, and has, no access to them)."""
+    kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS)(network_policy)
 
 
 @kopf.on.event("v1", "pods", labels=CHILD_LABELS)

@@ -102,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     host, _, port = args.metrics_address.rpartition(":")
     prometheus_client.start_http_server(int(port), addr=host or "0.0.0.0")
-    _ = handlers  # registers the handlers with kopf
+    if config.policy.network.enabled:
+        handlers.watch_network_policies()  # the other handlers register on import
     # Named namespaces only (no kopf patterns such as `llm-*`): no cluster-wide reads needed.
     exact = all(not set(name) & set("*?!,") for name in args.namespace)
     # kopf pauses every operator of equal priority; replicas must differ, and a stable hash of

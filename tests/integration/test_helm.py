@@ -171,7 +171,8 @@ def serve_examples(cluster: LocalCluster, namespace: str, operator: ChartOperato
     """Apply both examples and an autoscaled model; wait until the examples are Ready and the
     autoscaler has scaled the third through the scale subresource (fake vLLM metrics on its
     pod report a long queue). Between them every kind of call the operator makes happens:
-    server-side apply creating and updating, PDB create (two replicas) and delete (one),
+    server-side apply creating and updating, PDB create (two replicas) and delete (scaled to
+    one),
     status and scale subresource patches, events, watches, peering keep-alives."""
     apply(cluster, namespace, example("gpt-oss-120b"), example("gpt-oss-20b"), autoscaled("auto"))
     for name in ("gpt-oss-120b", "gpt-oss-20b", "auto"):
@@ -192,6 +193,20 @@ def serve_examples(cluster: LocalCluster, namespace: str, operator: ChartOperato
         )
     assert md(cluster, namespace, "auto")["status"]["autoscaler"]["desiredReplicas"] == 2
     wait_for(lambda: ready(cluster, namespace, "auto"), SETTLE, f"{namespace}/auto Ready at 2")
+    # A model scaled from two replicas to one: its PDB (created at two) is deleted.
+    solo = example("gpt-oss-20b")
+    solo["metadata"]["name"] = "solo"
+    apply(cluster, namespace, solo)
+    wait_for(lambda: _has_pdb(cluster, namespace, "solo"), SETTLE, f"{namespace}/solo PDB")
+    cluster.kubectl("scale", "md/solo", "--replicas=1", "-n", namespace)
+    wait_for(
+        lambda: not _has_pdb(cluster, namespace, "solo"), SETTLE, f"{namespace}/solo PDB deleted"
+    )
+
+
+def _has_pdb(cluster: LocalCluster, namespace: str, name: str) -> bool:
+    found = cluster.kubectl("get", "pdb", name, "-n", namespace, check=False)
+    return bool(found.returncode == 0)
 
 
 def permission_table(title: str, permissions: set[Permission]) -> str:
