@@ -26,9 +26,9 @@ import yaml
 
 from localcluster import build, nodes
 from localcluster.cluster import LocalCluster
+from localcluster.operator_process import CRD, OperatorProcess
 from localcluster.polling import wait_for
 from localcluster.volumes import models_volume
-from tests.integration.operator_process import CRD, OperatorProcess
 
 __all__ = [
     "OPERATOR_ENV",

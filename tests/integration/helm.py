@@ -26,8 +26,8 @@ from hack import chart
 from hack.chart import CHART, HELM_TEST_SCRIPT, RESIDENCY_VALUES, ROOT, template
 from localcluster import nodes
 from localcluster.cluster import LocalCluster, free_ports
+from localcluster.operator_process import OperatorProcess
 from localcluster.volumes import models_volume
-from tests.integration.operator_process import OperatorProcess
 
 __all__ = [
     "CHART",

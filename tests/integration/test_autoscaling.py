@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hack import monitoring
 from localcluster.cluster import LocalCluster
+from localcluster.operator_process import ROOT, OperatorProcess
 from localcluster.polling import wait_for
 from localcluster.prometheus import (
     PrometheusServer,
@@ -36,7 +37,6 @@ from localcluster.prometheus import (
 )
 from localcluster.runner import ProcessRunner
 from tests.integration.conftest import SETTLE, Namespace
-from tests.integration.operator_process import ROOT, OperatorProcess
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from localcluster import nodes
+from localcluster.operator_process import ROOT, OperatorProcess
 from localcluster.polling import wait_for
 from tests.integration.conftest import SETTLE, Namespace
-from tests.integration.operator_process import ROOT, OperatorProcess
 
 pytestmark = pytest.mark.integration
 EXAMPLES = ROOT / "deploy" / "examples"

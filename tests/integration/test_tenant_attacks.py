@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 import yaml
 
+from localcluster.operator_process import ROOT, OperatorProcess
 from localcluster.polling import wait_for
 from tests.integration.conftest import SETTLE, Namespace
-from tests.integration.operator_process import ROOT, OperatorProcess
 
 pytestmark = pytest.mark.integration
 EXAMPLE = ROOT / "deploy" / "examples" / "gpt-oss-20b.yaml"

@@ -16,10 +16,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from localcluster.cluster import LocalCluster
+from localcluster.operator_process import ROOT, OperatorProcess
 from localcluster.polling import wait_for
 from tests.integration.apiserver import delta, requests
 from tests.integration.conftest import RESYNC_SECONDS, SETTLE, Namespace
-from tests.integration.operator_process import ROOT, OperatorProcess
 
 pytestmark = pytest.mark.integration
 EXAMPLE = ROOT / "deploy" / "examples" / "gpt-oss-20b.yaml"

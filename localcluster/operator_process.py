@@ -14,7 +14,7 @@ from typing import IO
 from localcluster.cluster import free_ports
 from localcluster.polling import wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "deploy" / "crds" / "gantry.dev_modeldeployments.yaml"
 
 
