@@ -377,8 +377,8 @@ def test_cluster_wide_rbac() -> None:
     grants = _grants(rules)
     assert ("apiextensions.k8s.io", "customresourcedefinitions", "watch") in grants
     assert ("kopf.dev", "clusterkopfpeerings", "patch") in grants
-    assert ("networking.k8s.io", "networkpolicies", "delete") in grants
-    assert ("networking.k8s.io", "networkpolicies", "create") not in grants
+    # Without networkPolicy.enabled the operator neither watches nor touches NetworkPolicies.
+    assert not {g for g in grants if g[1] == "networkpolicies"}
     assert by_kind(objects, "Role") == []
     binding = one(objects, "ClusterRoleBinding")
     assert binding["subjects"] == [
@@ -386,8 +386,8 @@ def test_cluster_wide_rbac() -> None:
     ]
     with_policies = _grants(_rules(template(sets=VARIANTS["network-policies"]), "ClusterRole")[0])
     assert with_policies - grants == {
-        ("networking.k8s.io", "networkpolicies", "create"),
-        ("networking.k8s.io", "networkpolicies", "patch"),
+        ("networking.k8s.io", "networkpolicies", verb)
+        for verb in ("get", "list", "watch", "create", "patch")
     }
 
 

@@ -267,7 +267,7 @@ def test_subresources(crd: dict[str, Any], crd_schema: dict[str, Any]) -> None:
 
 PRINTER_COLUMNS = [
     ("Model", "string", ".status.model"),
-    ("GPU", "string", ".spec.gpu.type"),
+    ("GPU", "string", ".status.plan.gpuType"),
     ("GPUs", "integer", ".status.plan.gpusPerReplica"),
     ("TP", "integer", ".status.plan.tensorParallelSize"),
     ("Replicas", "integer", ".spec.replicas"),
