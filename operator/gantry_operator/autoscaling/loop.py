@@ -8,7 +8,8 @@ own (server-side apply, field manager ``gantry-autoscaler``).
 
 Every scrape is bounded (DESIGN.md 4.12): a byte limit, a deadline and a concurrency limit
 shared by all pods. Only pods of the ReplicaSets of the Deployment this ModelDeployment
-controls are scraped; a pod past a bound is skipped, counted, and reported with an Event.
+controls are scraped; a pod past a bound is skipped, counted, reported with an Event, and
+retried with a backoff (1, 2, 4 ... ticks, at most a minute) rather than every tick.
 """
 
 from __future__ import annotations
@@ -124,13 +125,25 @@ def our_ready_pods(children: Children, uid: str) -> list[tuple[str, str]]:
     return sorted(ready)
 
 
+#: A pod that keeps failing is retried after 1, 2, 4 ... ticks, at most this many seconds.
+MAX_SCRAPE_BACKOFF_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: str
+    count: int
+    retry_at: float
+
+
 @dataclass
 class Memory:
     """What the loop keeps between ticks for one ModelDeployment."""
 
     history: list[policy.Recommendation] = field(default_factory=list)
-    #: Pods whose last scrape failed, and how (an Event when a pod starts failing a new way).
-    failing: dict[str, str] = field(default_factory=dict)
+    #: Pods whose last scrape failed: how (an Event when a pod starts failing a new way), and
+    #: when to try again (a failing pod is not read every tick).
+    failing: dict[str, Failure] = field(default_factory=dict)
 
 
 class Autoscaler:
@@ -177,12 +190,18 @@ class Autoscaler:
             return  # the reconcile reports it
         key = key_of(md)
         memory = self.memory.setdefault(key, Memory())
-        pods = our_ready_pods(self.store.children(key), md["metadata"]["uid"])
         started = time.monotonic()
+        ready = our_ready_pods(self.store.children(key), md["metadata"]["uid"])
+        memory.failing = {p: f for p, f in memory.failing.items() if p in dict(ready)}
+        pods = [
+            (pod, ip)
+            for pod, ip in ready
+            if pod not in memory.failing or memory.failing[pod].retry_at <= started
+        ]
         results = await asyncio.gather(*(self._scrape(session, ip) for _, ip in pods))
         metrics.scrape_seconds.observe(time.monotonic() - started)
         samples = [r for r in results if not isinstance(r, ScrapeError)]
-        await self._report_failures(md, memory, pods, results)
+        await self._report_failures(md, memory, pods, results, started)
         running = sum(s[0] for s in samples)
         waiting = sum(s[1] for s in samples)
         kv = sum(s[2] for s in samples) / len(samples) if samples else 0.0
@@ -206,21 +225,23 @@ class Autoscaler:
         memory: Memory,
         pods: Sequence[tuple[str, str]],
         results: Sequence[object],
+        now: float,
     ) -> None:
         key = key_of(md)
-        failing = {}
         for (pod, ip), result in zip(pods, results, strict=True):
+            before = memory.failing.pop(pod, None)
             if not isinstance(result, ScrapeError):
                 continue
-            failing[pod] = result.kind
+            count = before.count + 1 if before else 1
+            backoff = min(self.interval * 2 ** (count - 1), MAX_SCRAPE_BACKOFF_SECONDS)
+            memory.failing[pod] = Failure(result.kind, count, now + backoff - self.interval / 2)
             metrics.scrape_errors.labels(*key).inc()
-            if memory.failing.get(pod) != result.kind:
+            if before is None or before.kind != result.kind:
                 message = f"Skipped runtime pod {pod} ({ip}) in autoscaling: {result}"
                 log.warning("%s/%s: %s", key[0], key[1], message)
                 await asyncio.to_thread(
                     k8s.event, md, reason="ScrapeFailed", message=message, warning=True
                 )
-        memory.failing = failing
 
     def _act(
         self, md: Mapping[str, Any], current: int, metric: str, decision: policy.Decision
