@@ -437,7 +437,7 @@ def _with(spec: dict[str, Any], path: str, value: Any) -> tuple[dict[str, Any], 
             item: dict[str, Any] | Any = {} if not last else value
             node[part[:-2]] = [item]
             concrete += f".{part[:-2]}[0]"
-            node = item  # type: ignore[assignment]
+            node = item
         elif last:
             node[part] = value
             concrete += f".{part}"
