@@ -220,6 +220,9 @@ def _render(args: argparse.Namespace, out: TextIO) -> int:
             except (SpecError, planner.DoesNotFitError) as exc:
                 out.write(f"gantry render: {path}: {meta.get('name')}: {exc}\n")
                 return 1
+            if plan.nodes_per_replica > 1:  # as the operator: condition NeedsMultiNode
+                out.write(f"gantry render: {path}: {meta.get('name')}: {plan.notes[-1]}\n")
+                return 1
             if args.argv:
                 out.write(f"# {spec.name}: {plan.summary}\n")
                 out.write(shlex.join(vllm_argv(manifests.launch_spec(spec, plan))) + "\n")
