@@ -141,27 +141,32 @@ def _plan(args: argparse.Namespace, out: TextIO) -> int:
         return 2
     models = list(presets()) if args.model == "all" else [args.model]
     gpu_types = list(gpus.PROFILES) if args.gpu == "all" else [args.gpu]
-    # Flags are checked once, as the operator would check the spec: the first bad one ends it.
+    # Flags are checked as the operator checks a spec: the first bad one ends it (exit 2). Only
+    # a context beyond one model's maximum, with several models, is that model's problem.
     specs: list[ModelDeploymentSpec] = []
+    problems: list[tuple[str, str, int, str]] = []  # model, GPU type, context, message
     for model in models:
         for gpu_type in gpu_types:
             try:
                 specs.append(parse(PLAN_NAME, "default", plan_spec(args, model, gpu_type)))
             except SpecError as exc:
+                if len(models) > 1 and exc.field_path == "spec.serving.maxContextLength":
+                    problems.append((model, gpu_type, args.context, flag_message(str(exc))))
+                    continue
                 out.write(f"gantry plan: {flag_message(str(exc))}\n")
                 return 2
     plans: list[planner.Plan] = []
-    problems: list[tuple[ModelDeploymentSpec, str]] = []
     for spec in specs:
         try:
             plans.append(planner.plan(spec))
         except planner.DoesNotFitError as exc:
-            problems.append((spec, flag_message(str(exc))))
+            problem = (spec.model.name, spec.gpu.type, spec.max_context_length, str(exc))
+            problems.append((*problem[:3], flag_message(problem[3])))
     if args.output in ("json", "yaml"):
         doc = {
             "plans": [p.to_dict() for p in plans],
             "doesNotFit": [
-                {"model": s.model.name, "gpuType": s.gpu.type, "message": m} for s, m in problems
+                {"model": m, "gpuType": g, "message": text} for m, g, _, text in problems
             ],
         }
         _dump(doc, args.output, out)
@@ -169,8 +174,8 @@ def _plan(args: argparse.Namespace, out: TextIO) -> int:
     rows: list[list[str]] = [list(PLAN_HEADER)]
     rows.extend(plan_row(p) for p in plans)
     if args.markdown:
-        for spec, message in problems:
-            row = [spec.model.name, spec.gpu.type] + ["-"] * 5 + [str(spec.max_context_length)]
+        for model, gpu_type, context, message in problems:
+            row = [model, gpu_type] + ["-"] * 5 + [str(context)]
             row += ["-"] * (len(PLAN_HEADER) - len(row) - 1) + [f"does not fit: {message}"]
             rows.append(row)
     if len(rows) > 1:
@@ -179,8 +184,8 @@ def _plan(args: argparse.Namespace, out: TextIO) -> int:
     if notes and not args.markdown:
         out.write("\n" + "\n".join(notes) + "\n")
     if not args.markdown:
-        for spec, message in problems:
-            out.write(f"{spec.model.name} on {spec.gpu.type}: does not fit: {message}\n")
+        for model, gpu_type, _, message in problems:
+            out.write(f"{model} on {gpu_type}: does not fit: {message}\n")
     return 0 if plans else 1
 
 

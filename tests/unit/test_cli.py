@@ -442,3 +442,14 @@ class _ClosedPipe(io.StringIO):
 
 def test_a_closed_pipe_in_process_returns_1() -> None:
     assert main(["plan", "gpt-oss-20b"], out=_ClosedPipe()) == 1
+
+
+def test_every_model_with_a_context_beyond_some() -> None:
+    """With several models, a context beyond one model's maximum is that model's row."""
+    code, text = run("plan", "all", "--context", "131072")
+    assert code == 0
+    assert {row["MODEL"] for row in table(text)} >= {"gpt-oss-120b", "kimi-k2"}
+    assert (
+        "qwen3-32b on H100-80GB: does not fit: --context: 131072 exceeds qwen3-32b's maximum "
+        "context of 40960 tokens"
+    ) in text
