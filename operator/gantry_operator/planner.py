@@ -371,6 +371,8 @@ def _layouts(req: Request) -> list[tuple[int, int]]:
     """Candidate (TP, PP) pairs in preference order: fewest GPUs, then fewest stages."""
     node = req.node_gpus
     if req.tensor and req.pipeline:
+        if req.count and req.count != req.tensor * req.pipeline:
+            return []
         return [(req.tensor, req.pipeline)]
     if req.count:
         if req.tensor:
@@ -503,6 +505,11 @@ def _build(
 
 
 def _layout_problem(req: Request) -> str:
+    if req.count and req.tensor and req.pipeline:
+        return (
+            f"spec.gpu.count={req.count} must equal spec.parallelism.tensor x "
+            f"spec.parallelism.pipeline = {req.tensor * req.pipeline}"
+        )
     if req.count and req.tensor:
         return (
             f"spec.gpu.count={req.count} is not a multiple of spec.parallelism.tensor="

@@ -861,6 +861,10 @@ def test_max_num_seqs_never_drops_below_the_target_concurrency() -> None:
             {"count": 8, "pipeline": 3},
             "spec.gpu.count=8 is not a multiple of spec.parallelism.pipeline=3",
         ),
+        (
+            {"count": 4, "tensor": 2, "pipeline": 4},
+            "spec.gpu.count=4 must equal spec.parallelism.tensor x spec.parallelism.pipeline = 8",
+        ),
     ],
 )
 def test_impossible_counts_are_explained(override: dict[str, Any], message: str) -> None:
