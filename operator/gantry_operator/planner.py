@@ -29,7 +29,7 @@ a node first, pipeline stages across nodes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gantry_operator.catalog import ModelArch
@@ -136,7 +136,7 @@ class Plan:
     #: GPUs per node the plan assumed (spec, node pool, or the profile's default).
     node_gpus: int = 8
     #: Remarks for people: what a smaller layout would hold, how multi-node replicas run.
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = ()
 
     @property
     def overhead_bytes_per_gpu(self) -> int:
