@@ -226,7 +226,7 @@ def _render(args: argparse.Namespace, out: TextIO) -> int:
                 out.write(f"gantry render: {path}: {meta.get('name')}: {exc}\n")
                 return 1
             if plan.nodes_per_replica > 1:  # as the operator: condition NeedsMultiNode
-                out.write(f"gantry render: {path}: {meta.get('name')}: {plan.notes[-1]}\n")
+                out.write(f"gantry render: {path}: {meta.get('name')}: {plan.multi_node}\n")
                 return 1
             if args.argv:
                 out.write(f"# {spec.name}: {plan.summary}\n")

@@ -135,8 +135,10 @@ class Plan:
     expected_load_seconds: int
     #: GPUs per node the plan assumed (spec, node pool, or the profile's default).
     node_gpus: int = 8
-    #: Remarks for people: what a smaller layout would hold, how multi-node replicas run.
-    notes: tuple[str, ...] = ()
+    #: What the next smaller layout would hold, when the plan needed more GPUs than that.
+    smaller_layout: str = ""
+    #: How a replica that spans nodes runs, when it does.
+    multi_node: str = ""
 
     @property
     def overhead_bytes_per_gpu(self) -> int:
@@ -147,7 +149,14 @@ class Plan:
         return self.gpus_per_replica // self.nodes_per_replica
 
     @property
+    def notes(self) -> tuple[str, ...]:
+        """Remarks for people: what a smaller layout would hold, how multi-node replicas run."""
+        return tuple(n for n in (self.smaller_layout, self.multi_node) if n)
+
+    @property
     def summary(self) -> str:
+        """One line for status.plan.summary; it says what one size smaller would hold."""
+        smaller = f"; {self.smaller_layout}" if self.smaller_layout else ""
         return (
             f"TP={self.tensor_parallel_size} PP={self.pipeline_parallel_size} on "
             f"{self.gpus_per_replica} x {self.gpu_type} ({self.nodes_per_replica} node"
@@ -155,7 +164,7 @@ class Plan:
             f"KV cache {self.kv_cache_tokens:,} tokens = {self.sequences_at_max_len:.1f} "
             f"sequences at full context, max-num-seqs {self.max_num_seqs}, headroom "
             f"{self.headroom_bytes_per_gpu / GIB:.1f} GiB per GPU (margin "
-            f"{self.safety_margin_bytes / GIB:.1f} GiB)"
+            f"{self.safety_margin_bytes / GIB:.1f} GiB){smaller}"
         )
 
     def to_status(self) -> dict[str, Any]:
@@ -455,24 +464,26 @@ def _build(
     gpus = tp * pp
     nodes = math.ceil(gpus / req.node_gpus)
     load = ENGINE_INIT_SECONDS + req.model.weight_bytes // (gpus * LOAD_BYTES_PER_SECOND)
-    notes: list[str] = []
+    smaller_layout = multi_node = ""
     if failures:
         ftp, fpp, fmem = failures[-1]
         fitting = fmem.max_len_for(req.target_concurrency, req.margin_bytes)
         smaller = f"{ftp * fpp} x {req.gpu.name}"
         margin = f"the {req.margin_bytes / GIB:.1f} GiB safety margin"
+        if req.target_concurrency > 1:
+            margin = f"{req.target_concurrency} concurrent sequences and {margin}"
         if fitting >= 1024:
-            notes.append(
+            smaller_layout = (
                 f"{smaller} (TP={ftp} PP={fpp}) fits spec.serving.maxContextLength={fitting} "
                 f"(not {req.max_model_len}) with {margin}"
             )
         else:
-            notes.append(
+            smaller_layout = (
                 f"{smaller} (TP={ftp} PP={fpp}) leaves no room for a {req.model.name} KV cache "
                 f"with {margin}"
             )
     if nodes > 1:
-        notes.append(
+        multi_node = (
             f"{nodes} nodes per replica ({req.node_gpus} GPUs per node): the replica runs as "
             f"{nodes} pods, pipeline stages across nodes; the operator does not serve "
             "multi-node replicas yet (condition NeedsMultiNode)"
@@ -500,7 +511,8 @@ def _build(
         safety_margin_bytes=req.margin_bytes,
         expected_load_seconds=int(load),
         node_gpus=req.node_gpus,
-        notes=tuple(notes),
+        smaller_layout=smaller_layout,
+        multi_node=multi_node,
     )
 
 

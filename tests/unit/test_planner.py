@@ -473,6 +473,7 @@ def test_gpt_oss_120b_on_one_h100_by_hand() -> None:
         "1 x H100-80GB (TP=1 PP=1) fits spec.serving.maxContextLength=76800 (not 131072) "
         "with the 0.5 GiB safety margin"
     )
+    assert plan.summary.endswith("; " + plan.notes[0])  # status.plan.summary says it too
     single = plan_request(request("gpt-oss-120b", max_model_len=one_gpu))
     assert single.gpus_per_replica == 1
     with pytest.raises(DoesNotFitError):
