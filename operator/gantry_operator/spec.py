@@ -1,10 +1,8 @@
 """Parse a ModelDeployment once into frozen, typed objects with defaults applied.
 
-The CRD schema and its CEL rules reject malformed input at the API server; this module enforces
-every bound and rule of that schema again (:func:`check_bounds`, so ``gantry plan`` and
-``gantry render`` refuse what the API server refuses) plus the checks the schema cannot express
-(catalog lookups, engine-arg conflicts), and raises :class:`SpecError` naming the field and the
-fix. Builders and the planner take these
+The CRD schema and its CEL rules already reject malformed input at the API server; this module
+repeats only the checks the schema cannot express (catalog lookups, engine-arg conflicts) and
+raises :class:`SpecError` naming the field and the fix. Builders and the planner take these
 objects, never raw dicts.
 """
 
