@@ -6,6 +6,12 @@ A block is written as::
     ...output...
     <!-- end -->
 
+or, for a terminal transcript (the output in a ``console`` fence after the command)::
+
+    <!-- console: gantry plan gpt-oss-120b -->
+    ...
+    <!-- end -->
+
 ``python -m hack.docblocks`` rewrites every block from the current code; the unit test
 ``tests/unit/test_docs.py`` fails when a block differs from what the command prints now.
 """
@@ -22,13 +28,22 @@ from gantry_operator.cli import main as gantry
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = (ROOT / "docs", ROOT / "README.md")
-BLOCK = re.compile(r"(<!-- (gantry [^>]*?) -->\n)(.*?)(<!-- end -->)", re.DOTALL)
+BLOCK = re.compile(r"(<!-- (?:console: )?(gantry [^>]*?) -->\n)(.*?)(<!-- end -->)", re.DOTALL)
+FENCE = "`" * 3
 
 
 def render(command: str) -> str:
     out = io.StringIO()
     gantry(shlex.split(command)[1:], out=out)
     return out.getvalue()
+
+
+def _block(match: re.Match[str]) -> str:
+    head, command = match.group(1), match.group(2)
+    body = render(command)
+    if head.startswith("<!-- console: "):
+        body = f"{FENCE}console\n$ {command}\n{body}{FENCE}\n"
+    return head + body + match.group(4)
 
 
 def files() -> list[Path]:
@@ -39,7 +54,7 @@ def files() -> list[Path]:
 
 
 def regenerate(text: str) -> str:
-    return BLOCK.sub(lambda m: m.group(1) + render(m.group(2)) + m.group(4), text)
+    return BLOCK.sub(_block, text)
 
 
 def main() -> int:

@@ -1,12 +1,18 @@
 """``gantry``: the user CLI. ``gantry plan`` sizes a model on a GPU type without a cluster;
-``gantry render`` prints the objects a ModelDeployment manifest becomes."""
+``gantry render`` prints the objects a ModelDeployment manifest becomes.
+
+``gantry plan`` builds a ModelDeployment spec from its flags and goes through the same parsing
+and planning as the operator, so it refuses what the API server and the operator refuse, with the
+same message (field paths shown as the flags that set them)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -15,10 +21,29 @@ import yaml
 from gantry_operator import gpus, manifests, planner
 from gantry_operator.catalog import presets
 from gantry_operator.gpus import GIB
-from gantry_operator.spec import KIND, SpecError, parse
+from gantry_operator.spec import KIND, ModelDeploymentSpec, SpecError, parse
 from gantry_runtime.launchspec import vllm_argv
 
 RENDER_UID = "00000000-0000-0000-0000-000000000000"
+#: metadata.name and the placeholder source of the ModelDeployment ``gantry plan`` builds.
+PLAN_NAME = "plan"
+PLAN_SOURCE = {"pvc": {"claimName": "weights"}}
+
+#: ``gantry plan`` flags and the spec fields they set (messages name the flag).
+FLAG_FIELDS: dict[str, str] = {
+    "--gpus-per-node": "spec.gpu.perNode",
+    "--count": "spec.gpu.count",
+    "--gpu": "spec.gpu.type",
+    "--tp": "spec.parallelism.tensor",
+    "--pp": "spec.parallelism.pipeline",
+    "--context": "spec.serving.maxContextLength",
+    "--concurrency": "spec.serving.targetConcurrency",
+    "--utilization": "spec.serving.gpuMemoryUtilization",
+    "--kv-cache-dtype": "spec.serving.kvCacheDtype",
+    "--max-num-seqs": "spec.serving.maxNumSeqs",
+    "--max-num-batched-tokens": "spec.serving.maxNumBatchedTokens",
+    "--safety-margin": "spec.serving.safetyMarginGiB",
+}
 
 
 def _table(rows: Sequence[Sequence[str]], out: TextIO, *, markdown: bool = False) -> None:
@@ -45,6 +70,7 @@ PLAN_HEADER = (
     "CONTEXT",
     "WEIGHTS/GPU",
     "KV/GPU",
+    "HEADROOM",
     "KV TOKENS",
     "SEQS@MAX",
     "MAX-SEQS",
@@ -56,9 +82,42 @@ def plan_row(p: planner.Plan) -> list[str]:
         p.model, p.gpu_type, str(p.gpus_per_replica), str(p.tensor_parallel_size),
         str(p.pipeline_parallel_size), str(p.nodes_per_replica), f"{p.gpu_memory_utilization:.2f}",
         str(p.max_model_len), f"{p.weight_bytes_per_gpu / GIB:.1f} GiB",
-        f"{p.kv_bytes_per_gpu / GIB:.1f} GiB", f"{p.kv_cache_tokens:,}",
-        f"{p.sequences_at_max_len:.1f}", str(p.max_num_seqs),
+        f"{p.kv_bytes_per_gpu / GIB:.1f} GiB", f"{p.headroom_bytes_per_gpu / GIB:.1f} GiB",
+        f"{p.kv_cache_tokens:,}", f"{p.sequences_at_max_len:.1f}", str(p.max_num_seqs),
     ]  # fmt: skip
+
+
+def flag_message(message: str) -> str:
+    """``message`` with the spec fields ``gantry plan`` sets shown as its flags."""
+    for flag, path in sorted(FLAG_FIELDS.items(), key=lambda item: -len(item[1])):
+        message = message.replace(path, flag)
+    return message
+
+
+def plan_spec(args: argparse.Namespace, model: str, gpu_type: str) -> dict[str, Any]:
+    """The ModelDeployment ``.spec`` the flags describe (unset flags stay unset)."""
+    gpu: dict[str, Any] = {"type": gpu_type, "count": args.count, "perNode": args.gpus_per_node}
+    parallelism = {"tensor": args.tp, "pipeline": args.pp}
+    serving = {
+        "maxContextLength": args.context,
+        "targetConcurrency": args.concurrency,
+        "gpuMemoryUtilization": args.utilization,
+        "kvCacheDtype": args.kv_cache_dtype,
+        "maxNumSeqs": args.max_num_seqs,
+        "maxNumBatchedTokens": args.max_num_batched_tokens,
+        "safetyMarginGiB": args.safety_margin,
+    }
+
+    def present(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in d.items() if v is not None}
+
+    return {
+        "model": {"preset": model},
+        "source": PLAN_SOURCE,
+        "gpu": present(gpu),
+        "parallelism": present(parallelism),
+        "serving": present(serving),
+    }
 
 
 def _plan(args: argparse.Namespace, out: TextIO) -> int:
@@ -80,58 +139,61 @@ def _plan(args: argparse.Namespace, out: TextIO) -> int:
             f"gantry plan: unknown model {args.model!r}; gantry plan --list shows the catalog\n"
         )
         return 2
-    models = list(presets().values()) if args.model == "all" else [presets()[args.model]]
-    if args.gpu != "all" and args.gpu not in gpus.PROFILES:
-        out.write(
-            f"gantry plan: unknown GPU type {args.gpu!r}: "
-            f"choose one of {', '.join(gpus.PROFILES)}\n"
-        )
-        return 2
+    models = list(presets()) if args.model == "all" else [args.model]
     gpu_types = list(gpus.PROFILES) if args.gpu == "all" else [args.gpu]
-    rows: list[list[str]] = [list(PLAN_HEADER)]
-    problems: list[str] = []
+    # Flags are checked as the operator checks a spec: the first bad one ends it (exit 2). Only
+    # a context beyond one model's maximum, with several models, is that model's problem.
+    specs: list[ModelDeploymentSpec] = []
+    problems: list[tuple[str, str, int, str]] = []  # model, GPU type, context, message
     for model in models:
         for gpu_type in gpu_types:
-            request = planner.Request(
-                model=model,
-                gpu=gpus.profile(gpu_type),
-                max_model_len=args.context or model.max_context,
-                target_concurrency=args.concurrency,
-                gpus_per_node=args.per_node,
-                count=args.count,
-                tensor=args.tp,
-                pipeline=args.pp,
-                gpu_memory_utilization=args.utilization,
-                kv_cache_dtype=args.kv_cache_dtype,
-            )
             try:
-                rows.append(plan_row(planner.plan_request(request)))
-            except planner.DoesNotFitError as exc:
-                if args.markdown:
-                    rows.append(
-                        [
-                            model.name,
-                            gpu_type,
-                            "-",
-                            "-",
-                            "-",
-                            "-",
-                            "-",
-                            str(request.max_model_len),
-                            "-",
-                            "-",
-                            "-",
-                            "-",
-                            f"does not fit: {exc}",
-                        ]
-                    )
-                else:
-                    problems.append(f"{model.name} on {gpu_type}: does not fit: {exc}")
+                specs.append(parse(PLAN_NAME, "default", plan_spec(args, model, gpu_type)))
+            except SpecError as exc:
+                if len(models) > 1 and exc.field_path == "spec.serving.maxContextLength":
+                    problems.append((model, gpu_type, args.context, flag_message(str(exc))))
+                    continue
+                out.write(f"gantry plan: {flag_message(str(exc))}\n")
+                return 2
+    plans: list[planner.Plan] = []
+    for spec in specs:
+        try:
+            plans.append(planner.plan(spec))
+        except planner.DoesNotFitError as exc:
+            problem = (spec.model.name, spec.gpu.type, spec.max_context_length, str(exc))
+            problems.append((*problem[:3], flag_message(problem[3])))
+    if args.output in ("json", "yaml"):
+        doc = {
+            "plans": [p.to_dict() for p in plans],
+            "doesNotFit": [
+                {"model": m, "gpuType": g, "message": text} for m, g, _, text in problems
+            ],
+        }
+        _dump(doc, args.output, out)
+        return 0 if plans else 1
+    rows: list[list[str]] = [list(PLAN_HEADER)]
+    rows.extend(plan_row(p) for p in plans)
+    if args.markdown:
+        for model, gpu_type, context, message in problems:
+            row = [model, gpu_type] + ["-"] * 5 + [str(context)]
+            row += ["-"] * (len(PLAN_HEADER) - len(row) - 1) + [f"does not fit: {message}"]
+            rows.append(row)
     if len(rows) > 1:
         _table(rows, out, markdown=args.markdown)
-    for problem in problems:
-        out.write(problem + "\n")
-    return 0 if len(rows) > 1 else 1
+    notes = [f"{p.model} on {p.gpu_type}: {flag_message(n)}" for p in plans for n in p.notes]
+    if notes and not args.markdown:
+        out.write("\n" + "\n".join(notes) + "\n")
+    if not args.markdown:
+        for model, gpu_type, _, message in problems:
+            out.write(f"{model} on {gpu_type}: does not fit: {message}\n")
+    return 0 if plans else 1
+
+
+def _dump(doc: Any, fmt: str, out: TextIO) -> None:
+    if fmt == "json":
+        out.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        yaml.safe_dump(doc, out, sort_keys=False)
 
 
 def _documents(path: str) -> list[dict[str, Any]]:
@@ -163,12 +225,19 @@ def _render(args: argparse.Namespace, out: TextIO) -> int:
             except (SpecError, planner.DoesNotFitError) as exc:
                 out.write(f"gantry render: {path}: {meta.get('name')}: {exc}\n")
                 return 1
+            if plan.nodes_per_replica > 1:  # as the operator: condition NeedsMultiNode
+                out.write(f"gantry render: {path}: {meta.get('name')}: {plan.multi_node}\n")
+                return 1
             if args.argv:
                 out.write(f"# {spec.name}: {plan.summary}\n")
                 out.write(shlex.join(vllm_argv(manifests.launch_spec(spec, plan))) + "\n")
                 continue
             objects.extend(children)
-    if objects:
+    if not objects:
+        return 0
+    if args.output == "json":
+        _dump({"apiVersion": "v1", "kind": "List", "items": objects}, "json", out)
+    else:
         yaml.safe_dump_all(objects, out, sort_keys=False)
     return 0
 
@@ -182,29 +251,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="catalog model (see --list), or 'all'")
     p.add_argument("--list", action="store_true", help="list the catalog models and GPU types")
     p.add_argument("--gpu", default="H100-80GB", help="GPU type, or 'all' for every type")
-    p.add_argument("--context", type=int, help="max context length (default the model's maximum)")
-    p.add_argument("--concurrency", type=int, default=1, help="full-context sequences per replica")
-    p.add_argument("--count", type=int, help="GPUs per replica (default the fewest that fit)")
-    p.add_argument("--per-node", type=int, help="GPUs per node")
-    p.add_argument("--tp", type=int, help="tensor-parallel size")
-    p.add_argument("--pp", type=int, help="pipeline-parallel size")
-    p.add_argument("--utilization", type=float, help="gpu-memory-utilization")
-    p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
+    # Ranges are the spec's to check (spec.check_bounds), so every message names flag and range.
+    integer: Callable[[str], int] = int
+    p.add_argument("--context", type=integer, help="max context length (default the model's)")
+    p.add_argument("--concurrency", type=integer, help="full-context sequences per replica")
+    p.add_argument("--count", type=integer, help="GPUs per replica (default the fewest that fit)")
+    p.add_argument(
+        "--gpus-per-node",
+        "--per-node",
+        dest="gpus_per_node",
+        type=integer,
+        help="GPUs per node of the pool (default 8, 4 for RTX-A4000)",
+    )
+    p.add_argument("--tp", type=integer, help="tensor-parallel size")
+    p.add_argument("--pp", type=integer, help="pipeline-parallel size")
+    p.add_argument("--utilization", type=float, help="gpu-memory-utilization (default 0.90)")
+    p.add_argument("--kv-cache-dtype", help="KV cache element type: auto or fp8")
+    p.add_argument("--max-num-seqs", type=integer, help="vLLM --max-num-seqs")
+    p.add_argument("--max-num-batched-tokens", type=integer, help="vLLM --max-num-batched-tokens")
+    p.add_argument(
+        "--safety-margin",
+        type=float,
+        help=f"GiB of KV headroom per GPU a plan must leave "
+        f"(default {planner.DEFAULT_SAFETY_MARGIN_GIB})",
+    )
     p.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    p.add_argument("-o", "--output", choices=["json", "yaml"], help="print every figure as data")
     r = sub.add_parser("render", help="print the objects a ModelDeployment manifest becomes")
     r.add_argument("file", help="manifest file or directory ('-' for stdin)")
     r.add_argument(
         "--namespace", "-n", default="default", help="namespace for manifests without one"
     )
     r.add_argument("--argv", action="store_true", help="print the vllm serve command line instead")
+    r.add_argument("-o", "--output", choices=["json", "yaml"], default="yaml", help="format")
     return parser
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "plan":
-        return _plan(args, out)
-    return _render(args, out)
+    stream = sys.stdout if out is None else out
+    try:
+        if args.command == "plan":
+            return _plan(args, stream)
+        return _render(args, stream)
+    except BrokenPipeError:
+        # The reader went away (`gantry render DIR | head`): stop quietly, as cat does. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        if out is None:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,24 +1,29 @@
 """The GPU sharding planner: pure arithmetic from model facts, GPU memory and serving targets.
 
-Per GPU of a replica with tensor size TP and pipeline size PP (docs/planner.md has the worked
-tables)::
+It models, term by term, how the pinned vLLM sizes its KV cache (``Worker.
+determine_available_memory`` in vllm/v1/worker/gpu_worker.py): the KV cache gets
+``total memory x gpu-memory-utilization`` minus everything else the worker holds after its
+profiling run. Per GPU of a replica with tensor size TP and pipeline size PP::
 
-    budget      = device memory x gpu-memory-utilization
-    weights     = weight bytes / (TP x PP)
-    overhead    = 1.5 GiB (CUDA context, cuBLAS workspace, CUDA graphs)
-                  + max-num-batched-tokens x hidden x 20 B (activation peak vLLM profiles)
-                  + 0.5 GiB when TP x PP > 1 (NCCL buffers)
-    kv budget   = budget - weights - overhead
-    per token   = full-attention layers of the stage x bytes per token per layer, where
-                  GQA: 2 x ceil-split KV heads per rank x head dim x dtype bytes (divides by TP
-                  while TP <= KV heads); MLA: latent dim x dtype bytes (replicated, no split)
-    per seq     = sliding layers of the stage x (window + 16) tokens x bytes per token per layer
-    KV tokens   = kv budget / per token
-    sequences at max context = kv budget / (max-model-len x per token + per seq)
+    budget       = device memory x gpu-memory-utilization
+    weights      = (non-expert bytes + expert bytes x re-layout factor) / (TP x PP)
+                   (the factor is 1 except for MXFP4 experts, padded per GPU architecture)
+    non-torch    = CUDA/cuBLAS/attention-backend allocations outside PyTorch's allocator
+    comm         = NCCL and custom all-reduce buffers when TP x PP > 1
+    activations  = max-num-batched-tokens x (hidden x 24 B
+                   + experts per token x (3 x expert width / TP + hidden) x 2 B)
+    sampler      = min(max-num-seqs, max-num-batched-tokens) x vocabulary x 36 B
+    cuda graphs  = CUDA graph memory vLLM profiles and subtracts
+    kv budget    = budget - weights - non-torch - comm - activations - sampler - cuda graphs
+    per token    = full-attention layers of the stage x bytes per token per layer
+    per seq      = sliding layers of the stage x (window + 16) tokens x bytes per token per layer
+    required     = targetConcurrency x (max-model-len x per token + per seq)
+    headroom     = kv budget - required
 
-A plan fits when the weights fit and the KV cache holds ``targetConcurrency`` sequences at the
-full context (at least one: vLLM refuses to start otherwise). Without explicit counts the
-planner picks the fewest GPUs, tensor parallel inside a node first, pipeline stages across nodes.
+A plan fits when its headroom is at least the safety margin (spec.serving.safetyMarginGiB, default
+below). docs/planner.md cites the source of every constant and has the calibration against
+public vLLM logs. Without explicit counts the planner picks the fewest GPUs, tensor parallel inside
+a node first, pipeline stages across nodes.
 """
 
 from __future__ import annotations
@@ -28,14 +33,38 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gantry_operator.catalog import ModelArch
-from gantry_operator.gpus import GIB, MIB, GPUProfile
+from gantry_operator.gpus import GIB, MIB, GPUProfile, Mxfp4Kernel
 from gantry_operator.spec import ModelDeploymentSpec
 
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.90
-DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
-BASE_OVERHEAD_BYTES = int(1.5 * GIB)
-COMM_OVERHEAD_BYTES = GIB // 2
-ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN = 20
+#: Headroom a plan must leave beyond the KV cache it needs (spec.serving.safetyMarginGiB).
+DEFAULT_SAFETY_MARGIN_GIB = 0.5
+#: vLLM's own defaults for the OpenAI server (vllm/engine/arg_utils.py, get_batch_defaults):
+#: 8192 batched tokens on GPUs of 70 GiB or more other than A100, 2048 on the others.
+LARGE_GPU_BATCHED_TOKENS = 8192
+SMALL_GPU_BATCHED_TOKENS = 2048
+LARGE_GPU_BYTES = 70 * GIB
+#: Allocations outside PyTorch's caching allocator that vLLM counts as consumed (CUDA context
+#: growth, cuBLAS/cuDNN workspaces, attention-backend buffers): public logs report 0.20 to
+#: 0.35 GiB (vLLM #14447, #13061, #10517); 1 GiB also covers the gap between the driver's total
+#: (the profile's MiB) and the total CUDA reports to vLLM.
+NON_TORCH_BYTES = GIB
+#: NCCL communicators and vLLM's custom all-reduce buffers, when TP x PP > 1.
+COMM_BYTES = GIB // 2
+#: CUDA graph memory vLLM profiles (gpu_model_runner.profile_cudagraph_memory) and subtracts
+#: from the KV budget since v0.21 (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1): public logs
+#: report 0.17 to 0.58 GiB per GPU (club-3090#127, gpustack/runner#251, vllm-backport#34).
+CUDA_GRAPH_BYTES = 3 * GIB // 4
+#: Transient activation peak of the profiling forward pass over max-num-batched-tokens.
+ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN = 24
+ACTIVATION_ELEMENT_BYTES = 2
+#: The sampler warm-up (gpu_model_runner._dummy_sampler_run) holds min(max-num-seqs,
+#: max-num-batched-tokens) x vocabulary logits through top-k/top-p: BF16 logits, an FP32 copy,
+#: sorted values and int64 indices, softmax, scatter and probabilities (~35 B per logit,
+#: topk_topp_sampler.apply_top_k_top_p_pytorch), calibrated against vLLM #27508.
+SAMPLER_BYTES_PER_LOGIT = 36
+#: Slack on the modelled MXFP4 layout (Marlin at TP 1 models 65.89 GiB; vLLM #23278 logged 65.97).
+MXFP4_LAYOUT_ALLOWANCE = 0.01
 #: Tokens a typical request holds; sets max-num-seqs beyond the full-context guarantee.
 TYPICAL_REQUEST_TOKENS = 2048
 MAX_NUM_SEQS_CAP = 256
@@ -46,9 +75,38 @@ MAX_PIPELINE_STAGES = 8
 LOAD_BYTES_PER_SECOND = 500 * MIB
 ENGINE_INIT_SECONDS = 120
 
+#: (intermediate, hidden) alignment of MXFP4 expert weights per kernel family (vllm
+#: model_executor/layers/fused_moe/oracle/mxfp4.py, mxfp4_round_up_hidden_size_and_intermediate_
+#: size). Triton rounds the rank's expert width to 64; its swizzled Hopper layout also holds the
+#: hidden size padded to 256 (vLLM #33155: 64.38 GiB at TP 1; modelled 64.55 GiB).
+MXFP4_ALIGNMENT: dict[Mxfp4Kernel, tuple[int, int]] = {
+    "triton": (64, 256),
+    "trtllm": (128, 256),
+    "marlin": (128, 256),
+    "rocm": (256, 256),
+}
+
 
 class DoesNotFitError(ValueError):
     """No plan serves the request; the message says why and what would fit."""
+
+
+@dataclass(frozen=True)
+class Overhead:
+    """Per-GPU memory vLLM holds besides weights and KV cache, term by term (bytes)."""
+
+    non_torch: int
+    communication: int
+    activations: int
+    sampler: int
+    cuda_graphs: int
+
+    @property
+    def total(self) -> int:
+        return (
+            self.non_torch + self.communication + self.activations + self.sampler
+            + self.cuda_graphs
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -66,25 +124,47 @@ class Plan:
     max_num_batched_tokens: int
     kv_cache_dtype: str
     weight_bytes_per_gpu: int
-    overhead_bytes_per_gpu: int
+    overhead: Overhead
     kv_bytes_per_gpu: int
     kv_bytes_per_token: int
     kv_cache_tokens: int
     sequences_at_max_len: float
+    #: KV bytes per GPU beyond what targetConcurrency full-context sequences need.
+    headroom_bytes_per_gpu: int
+    safety_margin_bytes: int
     expected_load_seconds: int
+    #: GPUs per node the plan assumed (spec, node pool, or the profile's default).
+    node_gpus: int = 8
+    #: What the next smaller layout would hold, when the plan needed more GPUs than that.
+    smaller_layout: str = ""
+    #: How a replica that spans nodes runs, when it does.
+    multi_node: str = ""
+
+    @property
+    def overhead_bytes_per_gpu(self) -> int:
+        return self.overhead.total
 
     @property
     def gpus_per_node(self) -> int:
         return self.gpus_per_replica // self.nodes_per_replica
 
     @property
+    def notes(self) -> tuple[str, ...]:
+        """Remarks for people: what a smaller layout would hold, how multi-node replicas run."""
+        return tuple(n for n in (self.smaller_layout, self.multi_node) if n)
+
+    @property
     def summary(self) -> str:
+        """One line for status.plan.summary; it says what one size smaller would hold."""
+        smaller = f"; {self.smaller_layout}" if self.smaller_layout else ""
         return (
             f"TP={self.tensor_parallel_size} PP={self.pipeline_parallel_size} on "
             f"{self.gpus_per_replica} x {self.gpu_type} ({self.nodes_per_replica} node"
             f"{'s' if self.nodes_per_replica > 1 else ''}): max-model-len {self.max_model_len}, "
             f"KV cache {self.kv_cache_tokens:,} tokens = {self.sequences_at_max_len:.1f} "
-            f"sequences at full context, max-num-seqs {self.max_num_seqs}"
+            f"sequences at full context, max-num-seqs {self.max_num_seqs}, headroom "
+            f"{self.headroom_bytes_per_gpu / GIB:.1f} GiB per GPU (margin "
+            f"{self.safety_margin_bytes / GIB:.1f} GiB){smaller}"
         )
 
     def to_status(self) -> dict[str, Any]:
@@ -108,6 +188,27 @@ class Plan:
             "summary": self.summary,
         }
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every figure of the plan, for ``gantry plan -o json|yaml`` (bytes as integers)."""
+        return {
+            "model": self.model,
+            **self.to_status(),
+            "nodeGPUs": self.node_gpus,
+            "weightBytesPerGPU": self.weight_bytes_per_gpu,
+            "overheadBytesPerGPU": {
+                "nonTorch": self.overhead.non_torch,
+                "communication": self.overhead.communication,
+                "activations": self.overhead.activations,
+                "sampler": self.overhead.sampler,
+                "cudaGraphs": self.overhead.cuda_graphs,
+            },
+            "kvCacheBytesPerGPU": self.kv_bytes_per_gpu,
+            "kvCacheBytesPerToken": self.kv_bytes_per_token,
+            "headroomBytesPerGPU": self.headroom_bytes_per_gpu,
+            "safetyMarginBytes": self.safety_margin_bytes,
+            "notes": list(self.notes),
+        }
+
 
 @dataclass(frozen=True)
 class Request:
@@ -126,6 +227,9 @@ class Request:
     kv_cache_dtype: str = "auto"
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
+    safety_margin_gib: float | None = None
+    #: The MXFP4 kernel family vLLM uses; default the GPU's (calibration against older logs).
+    mxfp4_kernel: Mxfp4Kernel | None = None
 
     @property
     def node_gpus(self) -> int:
@@ -137,16 +241,33 @@ class Request:
 
     @property
     def batched_tokens(self) -> int:
-        return self.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS
+        return self.max_num_batched_tokens or default_batched_tokens(self.gpu)
+
+    @property
+    def margin_bytes(self) -> int:
+        gib = self.safety_margin_gib
+        return int((DEFAULT_SAFETY_MARGIN_GIB if gib is None else gib) * GIB)
+
+    @property
+    def kernel(self) -> Mxfp4Kernel:
+        return self.mxfp4_kernel or self.gpu.mxfp4_kernel
 
 
-def request_from_spec(spec: ModelDeploymentSpec) -> Request:
+def default_batched_tokens(gpu: GPUProfile) -> int:
+    """vLLM's default --max-num-batched-tokens for its OpenAI server on this GPU."""
+    large = gpu.memory_bytes >= LARGE_GPU_BYTES and not gpu.name.startswith("A100")
+    return LARGE_GPU_BATCHED_TOKENS if large else SMALL_GPU_BATCHED_TOKENS
+
+
+def request_from_spec(spec: ModelDeploymentSpec, *, gpus_per_node: int | None = None) -> Request:
+    """``gpus_per_node`` is what the node pool offers (gpus.gpus_per_node); spec.gpu.perNode,
+    when set, wins over it."""
     return Request(
         model=spec.model,
         gpu=spec.gpu.profile,
         max_model_len=spec.max_context_length,
         target_concurrency=spec.serving.target_concurrency,
-        gpus_per_node=spec.gpu.per_node,
+        gpus_per_node=spec.gpu.per_node or gpus_per_node,
         count=spec.gpu.count,
         tensor=spec.parallelism.tensor,
         pipeline=spec.parallelism.pipeline,
@@ -155,50 +276,103 @@ def request_from_spec(spec: ModelDeploymentSpec) -> Request:
         kv_cache_dtype=spec.serving.kv_cache_dtype,
         max_num_seqs=spec.serving.max_num_seqs,
         max_num_batched_tokens=spec.serving.max_num_batched_tokens,
+        safety_margin_gib=spec.serving.safety_margin_gib,
     )
 
 
-def plan(spec: ModelDeploymentSpec) -> Plan:
-    """The plan for a parsed spec, or DoesNotFitError."""
-    return plan_request(request_from_spec(spec))
+def plan(spec: ModelDeploymentSpec, *, gpus_per_node: int | None = None) -> Plan:
+    """The plan for a parsed spec, or DoesNotFitError. ``gpus_per_node``: the node pool's."""
+    return plan_request(request_from_spec(spec, gpus_per_node=gpus_per_node))
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def weight_bytes_per_gpu(
+    model: ModelArch, tp: int, pp: int = 1, kernel: Mxfp4Kernel = "triton"
+) -> int:
+    """Weight bytes one GPU holds: the checkpoint split TP x PP ways; MXFP4 experts padded to
+    the alignment of ``kernel`` (each rank holds expert width / TP, rounded up)."""
+    experts = model.expert_weight_bytes
+    if not experts:
+        return math.ceil(model.weight_bytes / (tp * pp))
+    width_align, hidden_align = MXFP4_ALIGNMENT[kernel]
+    width = math.ceil(model.moe_intermediate_size / tp)
+    factor = (_round_up(width, width_align) / width) * (
+        _round_up(model.hidden_size, hidden_align) / model.hidden_size
+    )
+    held = (model.weight_bytes - experts) + experts * factor
+    return math.ceil(held * (1 + MXFP4_LAYOUT_ALLOWANCE) / (tp * pp))
 
 
 @dataclass(frozen=True)
-class _Memory:
+class Memory:
+    """The planner's estimate for one GPU of a layout (bytes)."""
+
+    budget: int
     weights: int
-    overhead: int
+    overhead: Overhead
     kv: int
     per_token: int
     per_seq: int
+    max_num_seqs: int
+
+    def required(self, max_len: int, sequences: int) -> int:
+        return sequences * (max_len * self.per_token + self.per_seq)
 
     def sequences(self, max_len: int) -> float:
         return max(self.kv, 0) / (max_len * self.per_token + self.per_seq)
 
-    def max_len_for(self, sequences: int) -> int:
-        """Largest context (multiple of 1024) that holds ``sequences`` full sequences."""
-        tokens = (max(self.kv, 0) / sequences - self.per_seq) / self.per_token
+    def headroom(self, max_len: int, sequences: int) -> int:
+        return self.kv - self.required(max_len, sequences)
+
+    def max_len_for(self, sequences: int, margin: int) -> int:
+        """Largest context (multiple of 1024) that holds ``sequences`` full sequences and
+        leaves ``margin``."""
+        tokens = ((self.kv - margin) / sequences - self.per_seq) / self.per_token
         return max(0, int(tokens) // 1024 * 1024)
 
 
-def _memory(req: Request, tp: int, pp: int) -> _Memory:
+def estimate(req: Request, tp: int, pp: int) -> Memory:
+    """The memory vLLM would have per GPU for ``req`` at tensor size ``tp``, ``pp`` stages."""
     model = req.model
     budget = int(req.gpu.memory_bytes * req.utilization)
-    weights = math.ceil(model.weight_bytes / (tp * pp))
-    overhead = BASE_OVERHEAD_BYTES + req.batched_tokens * model.hidden_size * (
-        ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN
+    weights = weight_bytes_per_gpu(model, tp, pp, req.kernel)
+    batched = req.batched_tokens
+    moe_width = math.ceil(model.moe_intermediate_size / tp)
+    per_token_activation = model.hidden_size * ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN + (
+        max(1, model.experts_per_token)
+        * (3 * moe_width + model.hidden_size)
+        * ACTIVATION_ELEMENT_BYTES
     )
-    if tp * pp > 1:
-        overhead += COMM_OVERHEAD_BYTES
+    fixed = Overhead(
+        non_torch=NON_TORCH_BYTES,
+        communication=COMM_BYTES if tp * pp > 1 else 0,
+        activations=batched * per_token_activation,
+        sampler=0,
+        cuda_graphs=CUDA_GRAPH_BYTES,
+    )
     per_layer = model.kv_bytes_per_token_per_layer(tp, req.kv_cache_dtype)
     full_layers = math.ceil(model.full_attention_layers / pp)
     sliding_layers = math.ceil(model.sliding_layers / pp)
     window = min(model.sliding_window + KV_BLOCK_TOKENS, req.max_model_len)
-    return _Memory(
+    per_token = full_layers * per_layer
+    before_sampler = budget - weights - fixed.total
+    max_num_seqs = req.max_num_seqs or max(
+        req.target_concurrency,
+        min(MAX_NUM_SEQS_CAP, max(before_sampler, 0) // per_token // TYPICAL_REQUEST_TOKENS),
+    )
+    sampler = min(max_num_seqs, batched) * model.vocab * SAMPLER_BYTES_PER_LOGIT
+    overhead = replace(fixed, sampler=sampler)
+    return Memory(
+        budget=budget,
         weights=weights,
         overhead=overhead,
-        kv=budget - weights - overhead,
-        per_token=full_layers * per_layer,
+        kv=before_sampler - sampler,
+        per_token=per_token,
         per_seq=sliding_layers * window * per_layer,
+        max_num_seqs=max_num_seqs,
     )
 
 
@@ -206,6 +380,8 @@ def _layouts(req: Request) -> list[tuple[int, int]]:
     """Candidate (TP, PP) pairs in preference order: fewest GPUs, then fewest stages."""
     node = req.node_gpus
     if req.tensor and req.pipeline:
+        if req.count and req.count != req.tensor * req.pipeline:
+            return []
         return [(req.tensor, req.pipeline)]
     if req.count:
         if req.tensor:
@@ -251,32 +427,67 @@ def plan_request(req: Request) -> Plan:
         )
     if req.max_model_len > model.max_context:
         raise DoesNotFitError(
-            f"max context {req.max_model_len} exceeds {model.name}'s {model.max_context} tokens"
+            f"spec.serving.maxContextLength={req.max_model_len} exceeds {model.name}'s "
+            f"{model.max_context} tokens"
+        )
+    if req.pipeline and req.pipeline > model.num_layers:
+        raise DoesNotFitError(
+            f"spec.parallelism.pipeline={req.pipeline} exceeds {model.name}'s "
+            f"{model.num_layers} layers: use at most {model.num_layers} stages"
         )
     layouts = _layouts(req)
     if not layouts:
         raise DoesNotFitError(_layout_problem(req))
-    failures: list[tuple[int, int, _Memory]] = []
+    failures: list[tuple[int, int, Memory]] = []
     for tp, pp in layouts:
         problem = model.tp_problem(tp, expert_parallel=_expert_parallel(req, tp))
         if problem:
             raise DoesNotFitError(f"spec.parallelism: {model.name}: {problem}")
         if pp > model.num_layers:
             continue
-        mem = _memory(req, tp, pp)
-        if mem.kv > 0 and mem.sequences(req.max_model_len) >= req.target_concurrency:
-            return _build(req, tp, pp, mem)
+        mem = estimate(req, tp, pp)
+        if _fits(req, mem):
+            return _build(req, tp, pp, mem, failures)
         failures.append((tp, pp, mem))
     raise DoesNotFitError(_explain(req, failures))
 
 
-def _build(req: Request, tp: int, pp: int, mem: _Memory) -> Plan:
+def _fits(req: Request, mem: Memory) -> bool:
+    headroom = mem.headroom(req.max_model_len, req.target_concurrency)
+    return mem.kv > 0 and headroom >= req.margin_bytes
+
+
+def _build(
+    req: Request, tp: int, pp: int, mem: Memory, failures: list[tuple[int, int, Memory]]
+) -> Plan:
     tokens = mem.kv // mem.per_token
     gpus = tp * pp
-    max_num_seqs = req.max_num_seqs or max(
-        req.target_concurrency, min(MAX_NUM_SEQS_CAP, tokens // TYPICAL_REQUEST_TOKENS)
-    )
+    nodes = math.ceil(gpus / req.node_gpus)
     load = ENGINE_INIT_SECONDS + req.model.weight_bytes // (gpus * LOAD_BYTES_PER_SECOND)
+    smaller_layout = multi_node = ""
+    if failures:
+        ftp, fpp, fmem = failures[-1]
+        fitting = fmem.max_len_for(req.target_concurrency, req.margin_bytes)
+        smaller = f"{ftp * fpp} x {req.gpu.name}"
+        margin = f"the {req.margin_bytes / GIB:.1f} GiB safety margin"
+        if req.target_concurrency > 1:
+            margin = f"{req.target_concurrency} concurrent sequences and {margin}"
+        if fitting >= 1024:
+            smaller_layout = (
+                f"{smaller} (TP={ftp} PP={fpp}) fits spec.serving.maxContextLength={fitting} "
+                f"(not {req.max_model_len}) with {margin}"
+            )
+        else:
+            smaller_layout = (
+                f"{smaller} (TP={ftp} PP={fpp}) leaves no room for a {req.model.name} KV cache "
+                f"with {margin}"
+            )
+    if nodes > 1:
+        multi_node = (
+            f"{nodes} nodes per replica ({req.node_gpus} GPUs per node): the replica runs as "
+            f"{nodes} pods, pipeline stages across nodes; the operator does not serve "
+            "multi-node replicas yet (condition NeedsMultiNode)"
+        )
     return Plan(
         model=req.model.name,
         gpu_type=req.gpu.name,
@@ -284,23 +495,33 @@ def _build(req: Request, tp: int, pp: int, mem: _Memory) -> Plan:
         pipeline_parallel_size=pp,
         expert_parallel=_expert_parallel(req, tp),
         gpus_per_replica=gpus,
-        nodes_per_replica=math.ceil(gpus / req.node_gpus),
+        nodes_per_replica=nodes,
         gpu_memory_utilization=req.utilization,
         max_model_len=req.max_model_len,
-        max_num_seqs=max_num_seqs,
+        max_num_seqs=mem.max_num_seqs,
         max_num_batched_tokens=req.batched_tokens,
         kv_cache_dtype=req.kv_cache_dtype,
         weight_bytes_per_gpu=mem.weights,
-        overhead_bytes_per_gpu=mem.overhead,
+        overhead=mem.overhead,
         kv_bytes_per_gpu=mem.kv,
         kv_bytes_per_token=mem.per_token,
         kv_cache_tokens=tokens,
         sequences_at_max_len=mem.sequences(req.max_model_len),
+        headroom_bytes_per_gpu=mem.headroom(req.max_model_len, req.target_concurrency),
+        safety_margin_bytes=req.margin_bytes,
         expected_load_seconds=int(load),
+        node_gpus=req.node_gpus,
+        smaller_layout=smaller_layout,
+        multi_node=multi_node,
     )
 
 
 def _layout_problem(req: Request) -> str:
+    if req.count and req.tensor and req.pipeline:
+        return (
+            f"spec.gpu.count={req.count} must equal spec.parallelism.tensor x "
+            f"spec.parallelism.pipeline = {req.tensor * req.pipeline}"
+        )
     if req.count and req.tensor:
         return (
             f"spec.gpu.count={req.count} is not a multiple of spec.parallelism.tensor="
@@ -324,7 +545,11 @@ def _gib(n: float) -> str:
     return f"{max(n, 0) / GIB:.1f} GiB"
 
 
-def _explain(req: Request, failures: list[tuple[int, int, _Memory]]) -> str:
+def _signed_gib(n: float) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def _explain(req: Request, failures: list[tuple[int, int, Memory]]) -> str:
     model, gpu = req.model, req.gpu
     what = f"{model.name} at {req.max_model_len} context"
     if req.target_concurrency > 1:
@@ -348,20 +573,22 @@ def _explain(req: Request, failures: list[tuple[int, int, _Memory]]) -> str:
     tp, pp, mem = failures[0] if constrained else failures[-1]
     where = "spec.gpu.count" if req.count else "TP x PP"
     detail = f"{where}={tp * pp}"
+    margin = req.margin_bytes
     if mem.kv <= 0:
-        need = mem.weights + mem.overhead
-        have = int(gpu.memory_bytes * req.utilization)
+        need = mem.weights + mem.overhead.total
         detail += (
             f" leaves no room for KV cache: weights {_gib(mem.weights)} + overhead "
-            f"{_gib(mem.overhead)} per GPU exceed {_gib(have)} ({gpu.name} at "
-            f"{req.utilization:.2f} utilization; short by {_gib(need - have)})"
+            f"{_gib(mem.overhead.total)} per GPU exceed {_gib(mem.budget)} ({gpu.name} at "
+            f"{req.utilization:.2f} utilization; short by {_gib(need - mem.budget)})"
         )
     else:
         detail += (
             f" leaves {_gib(mem.kv)} per GPU for KV cache, "
-            f"{mem.sequences(req.max_model_len):.1f} sequences of {req.max_model_len} tokens"
+            f"{mem.sequences(req.max_model_len):.1f} sequences of {req.max_model_len} tokens, "
+            f"headroom {_signed_gib(mem.headroom(req.max_model_len, req.target_concurrency))} "
+            f"against a {margin / GIB:.1f} GiB safety margin"
         )
-        fitting = mem.max_len_for(req.target_concurrency)
+        fitting = mem.max_len_for(req.target_concurrency, margin)
         if fitting >= 1024:
             detail += f"; spec.serving.maxContextLength={fitting} would fit"
     return f"{head}; {detail}"

@@ -8,8 +8,10 @@ objects, never raw dicts.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cache
 from typing import Any, Literal
 
 from gantry_operator import gpus
@@ -19,6 +21,7 @@ from gantry_operator.catalog import (
     UnknownModelError,
     arch_from_mapping,
     preset,
+    presets,
 )
 
 GROUP = "gantry.dev"
@@ -99,6 +102,8 @@ class Serving:
     kv_cache_dtype: str = "auto"
     max_num_batched_tokens: int | None = None
     shutdown_timeout_seconds: int = 60
+    #: KV headroom per GPU a plan must leave (GiB); None: the planner's default.
+    safety_margin_gib: float | None = None
     #: Engine flags as (flag-without-dashes, value) sorted by flag.
     engine_args: tuple[tuple[str, str], ...] = ()
     #: Raw EnvVar objects from the spec, sorted by name.
@@ -184,6 +189,7 @@ def parse(
         raise SpecError(
             "metadata.name", f"is {len(name)} characters; use at most {MAX_NAME_LENGTH}"
         )
+    check_bounds(spec)
     model_obj: Mapping[str, Any] = _get(spec, "model", {})
     arch, preset_name = _parse_model(model_obj)
     gpu_obj: Mapping[str, Any] = _get(spec, "gpu", {})
@@ -221,6 +227,8 @@ def parse(
     source = _parse_source(_get(spec, "source", {}), residency)
     serving = _parse_serving(_get(spec, "serving", {}), arch)
     parallelism, serving = _fold_parallel_args(par, serving)
+    margin = _get(spec, "serving", {}).get("safetyMarginGiB")
+    serving = replace(serving, safety_margin_gib=None if margin is None else float(margin))
     return ModelDeploymentSpec(
         name=name,
         namespace=namespace,
@@ -427,3 +435,243 @@ def _parse_runtime(
         shm_size=runtime.get("shmSize"),
         image_pull_secrets=tuple(dict.fromkeys((*own, *cluster_secrets))),
     )
+
+
+# --- The CRD's bounds, enforced again -------------------------------------------------------
+# Every minimum, maximum, enum, length and pattern of deploy/crds/gantry.dev_modeldeployments.yaml
+# under .spec, and its cross-field (CEL) rules, so a spec that did not come through the API
+# server (gantry plan, gantry render) is refused with the same field and range. A unit test keeps
+# this table equal to the CRD file. The engineArgs key rules live with the engine-args parsing.
+
+
+BoundKind = Literal["integer", "number", "string"]
+
+
+@dataclass(frozen=True)
+class Bound:
+    kind: BoundKind
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    enum: tuple[str, ...] = ()
+    min_length: int | None = None
+    max_length: int | None = None
+    pattern: str | None = None
+
+    def describe(self) -> str:
+        if self.enum:
+            return "one of " + ", ".join(self.enum)
+        if self.kind == "string":
+            parts = []
+            if self.min_length is not None:
+                parts.append(f"at least {self.min_length}")
+            if self.max_length is not None:
+                parts.append(f"at most {self.max_length}")
+            text = "a string" + (f" of {' and '.join(parts)} characters" if parts else "")
+            return text + (f" matching {self.pattern}" if self.pattern else "")
+        what = "an integer" if self.kind == "integer" else "a number"
+        low, high = _num(self.minimum), _num(self.maximum)
+        if self.exclusive_minimum:
+            return f"{what} above {low}" + (f" and at most {high}" if high else "")
+        if self.minimum is not None and self.maximum is not None:
+            return f"{what} from {low} to {high}"
+        if self.minimum is not None:
+            return f"{what} of at least {low}"
+        return f"{what} of at most {high}"
+
+    def accepts(self, value: Any) -> bool:
+        if self.kind == "string":
+            return isinstance(value, str) and self._string_ok(value)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.kind == "integer" and not (isinstance(value, int) or float(value).is_integer()):
+            return False
+        if self.minimum is not None and (
+            value <= self.minimum if self.exclusive_minimum else value < self.minimum
+        ):
+            return False
+        return self.maximum is None or value <= self.maximum
+
+    def _string_ok(self, value: str) -> bool:
+        if self.enum and value not in self.enum:
+            return False
+        if self.min_length is not None and len(value) < self.min_length:
+            return False
+        if self.max_length is not None and len(value) > self.max_length:
+            return False
+        return self.pattern is None or re.search(self.pattern, value) is not None
+
+
+def _num(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+
+@cache
+def bounds() -> dict[str, Bound]:
+    """CRD bounds by field path below ``spec`` (dotted; ``*`` for map values)."""
+    i: BoundKind = "integer"
+    n: BoundKind = "number"
+    s: BoundKind = "string"
+    return {
+        "model.preset": Bound(s, enum=tuple(presets())),
+        "model.servedName": Bound(
+            s, min_length=1, max_length=128, pattern="^[A-Za-z0-9][A-Za-z0-9._/:-]*$"
+        ),
+        "model.custom.name": Bound(s, max_length=128),
+        "model.custom.numLayers": Bound(i, minimum=1),
+        "model.custom.hiddenSize": Bound(i, minimum=1),
+        "model.custom.numAttentionHeads": Bound(i, minimum=1),
+        "model.custom.numKvHeads": Bound(i, minimum=1),
+        "model.custom.headDim": Bound(i, minimum=1),
+        "model.custom.maxContext": Bound(i, minimum=1),
+        "model.custom.weightBytes": Bound(i, minimum=1),
+        "model.custom.weightDtype": Bound(s, enum=("mxfp4", "fp8", "bf16")),
+        "model.custom.attention": Bound(s, enum=("gqa", "mla")),
+        "model.custom.slidingLayers": Bound(i, minimum=0),
+        "model.custom.slidingWindow": Bound(i, minimum=0),
+        "model.custom.mlaLatentDim": Bound(i, minimum=0),
+        "model.custom.numExperts": Bound(i, minimum=0),
+        "model.custom.expertsPerToken": Bound(i, minimum=0),
+        "model.custom.moeIntermediateSize": Bound(i, minimum=0),
+        "model.custom.fp8BlockSize": Bound(i, minimum=0),
+        "model.custom.totalParamsB": Bound(n, minimum=0),
+        "model.custom.activeParamsB": Bound(n, minimum=0),
+        "model.custom.vocabSize": Bound(i, minimum=1),
+        "model.custom.minComputeCapability": Bound(s, pattern=r"^[0-9]+\.[0-9]+$"),
+        "source.pvc.claimName": Bound(s, min_length=1, max_length=253),
+        "source.pvc.path": Bound(s, max_length=1024, pattern=r"^[^.][^\n]*$"),
+        "source.s3.endpoint": Bound(s, pattern="^https?://"),
+        "source.s3.bucket": Bound(s, min_length=3, max_length=63),
+        "source.image.reference": Bound(s, min_length=1),
+        "source.image.pullPolicy": Bound(s, enum=_PULL_POLICIES),
+        "source.huggingFace.repo": Bound(s, pattern="^[A-Za-z0-9._-]+/[A-Za-z0-9._-]+$"),
+        "source.sha256.*": Bound(s, pattern="^[a-f0-9]{64}$"),
+        "gpu.type": Bound(s, enum=tuple(gpus.PROFILES)),
+        "gpu.count": Bound(i, minimum=1, maximum=128),
+        "gpu.perNode": Bound(i, minimum=1, maximum=16),
+        "parallelism.tensor": Bound(i, minimum=1, maximum=64),
+        "parallelism.pipeline": Bound(i, minimum=1, maximum=16),
+        "serving.maxContextLength": Bound(i, minimum=256),
+        "serving.targetConcurrency": Bound(i, minimum=1, maximum=4096),
+        "serving.maxNumSeqs": Bound(i, minimum=1, maximum=4096),
+        "serving.gpuMemoryUtilization": Bound(n, minimum=0.5, maximum=0.98),
+        "serving.kvCacheDtype": Bound(s, enum=("auto", "fp8")),
+        "serving.maxNumBatchedTokens": Bound(i, minimum=256),
+        "serving.shutdownTimeoutSeconds": Bound(i, minimum=0, maximum=3600),
+        "serving.safetyMarginGiB": Bound(n, minimum=0, maximum=64),
+        "serving.env[].name": Bound(s, min_length=1),
+        "replicas": Bound(i, minimum=0),
+        "autoscaling.minReplicas": Bound(i, minimum=0),
+        "autoscaling.maxReplicas": Bound(i, minimum=1),
+        "autoscaling.metric": Bound(s, enum=("queueDepth", "kvCacheUsage")),
+        "autoscaling.target": Bound(n, minimum=0, exclusive_minimum=True),
+        "autoscaling.scaleUpDelaySeconds": Bound(i, minimum=0, maximum=3600),
+        "autoscaling.scaleDownDelaySeconds": Bound(i, minimum=0, maximum=86400),
+        "residency.regions[]": Bound(s, min_length=1),
+        "runtime.imagePullPolicy": Bound(s, enum=_PULL_POLICIES),
+        "runtime.shmSize": Bound(s, pattern="^[0-9]+(Mi|Gi)$"),
+    }
+
+
+def _values(obj: Any, parts: list[str], path: str) -> list[tuple[str, Any]]:
+    """(field path, value) for every value at ``parts`` below ``obj`` (``*`` map values,
+    ``name[]`` list items); absent and null fields yield nothing."""
+    if not parts:
+        return [] if obj is None else [(path, obj)]
+    if not isinstance(obj, Mapping):
+        return []
+    head, rest = parts[0], parts[1:]
+    if head == "*":
+        return [v for k, child in obj.items() for v in _values(child, rest, f"{path}.{k}")]
+    if head.endswith("[]"):
+        items = obj.get(head[:-2])
+        if not isinstance(items, list):
+            return []
+        return [
+            v
+            for n, item in enumerate(items)
+            for v in _values(item, rest, f"{path}.{head[:-2]}[{n}]")
+        ]
+    return _values(obj.get(head), rest, f"{path}.{head}")
+
+
+def check_bounds(spec: Mapping[str, Any]) -> None:
+    """Raise SpecError for the first value outside the CRD's bounds or rules (field and range)."""
+    for dotted, bound in bounds().items():
+        for path, value in _values(spec, dotted.split("."), "spec"):
+            if not bound.accepts(value):
+                raise SpecError(path, f"{value!r} is not valid: use {bound.describe()}")
+    _check_rules(spec)
+
+
+def _check_rules(spec: Mapping[str, Any]) -> None:
+    """The CRD's cross-field rules (x-kubernetes-validations) that parse does not repeat."""
+    gpu: Mapping[str, Any] = _get(spec, "gpu", {})
+    par: Mapping[str, Any] = _get(spec, "parallelism", {})
+    count: int | None = gpu.get("count")
+    tensor: int | None = par.get("tensor")
+    pipeline: int | None = par.get("pipeline")
+    if count is not None and tensor is not None and count % tensor:
+        raise SpecError(
+            "spec.gpu.count",
+            f"{count} must be a multiple of spec.parallelism.tensor={tensor}",
+        )
+    if count is not None and tensor and pipeline and count != tensor * pipeline:
+        raise SpecError(
+            "spec.gpu.count",
+            f"{count} must equal spec.parallelism.tensor x spec.parallelism.pipeline = "
+            f"{tensor} x {pipeline} = {tensor * pipeline} (or leave one of them unset)",
+        )
+    auto: Mapping[str, Any] = _get(spec, "autoscaling", {})
+    low, high = _get(auto, "minReplicas", 1), _get(auto, "maxReplicas", 1)
+    replicas = _get(spec, "replicas", 1)
+    if _get(auto, "enabled", False) and low <= high and not low <= replicas <= high:
+        raise SpecError(
+            "spec.replicas",
+            f"{replicas} must lie within spec.autoscaling.minReplicas..maxReplicas "
+            f"({low}..{high}) while autoscaling is enabled",
+        )
+    if _get(auto, "metric", "queueDepth") == "kvCacheUsage" and _get(auto, "target", 8) > 1:
+        raise SpecError(
+            "spec.autoscaling.target",
+            f"{auto.get('target', 8)!r} is not valid for kvCacheUsage: use a fraction above 0 "
+            "and at most 1",
+        )
+    custom = _get(_get(spec, "model", {}), "custom", {})
+    if custom:
+        _check_custom_rules(custom)
+    resources = _get(_get(spec, "runtime", {}), "resources", {})
+    for kind in ("requests", "limits"):
+        for key in _get(resources, kind, {}):
+            if str(key).endswith("/gpu"):
+                raise SpecError(
+                    f"spec.runtime.resources.{kind}",
+                    f"must not request GPUs ({key}); Gantry sets them from the plan "
+                    "(use spec.gpu.count)",
+                )
+
+
+def _check_custom_rules(custom: Mapping[str, Any]) -> None:
+    mla = _get(custom, "attention", "gqa") == "mla"
+    if mla and not _get(custom, "mlaLatentDim", 0) > 0:
+        raise SpecError(
+            "spec.model.custom.mlaLatentDim",
+            "(kv_lora_rank + qk_rope_head_dim) is required for MLA attention: use an integer "
+            "of at least 1",
+        )
+    layers, sliding = custom.get("numLayers"), custom.get("slidingLayers")
+    if layers is not None and sliding is not None and sliding >= layers:
+        raise SpecError(
+            "spec.model.custom.slidingLayers",
+            f"{sliding} must be fewer than numLayers ({layers}): some layers must be full "
+            "attention",
+        )
+    heads, kv = custom.get("numAttentionHeads"), custom.get("numKvHeads")
+    if not mla and heads is not None and kv and heads % kv:
+        raise SpecError(
+            "spec.model.custom.numAttentionHeads",
+            f"{heads} must be a multiple of numKvHeads ({kv})",
+        )

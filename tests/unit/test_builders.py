@@ -409,7 +409,7 @@ def test_region_and_gpu_node_affinity() -> None:
                 {
                     "key": "nvidia.com/gpu.product",
                     "operator": "In",
-                    "values": ["NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe", "NVIDIA-H100-NVL"],
+                    "values": ["NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe"],
                 },
                 {"key": "topology.kubernetes.io/region", "operator": "In", "values": ["eu-west-1"]},
             ]
@@ -426,7 +426,7 @@ def test_user_node_affinity_terms_are_anded_with_ours() -> None:
         {
             "key": "nvidia.com/gpu.product",
             "operator": "In",
-            "values": ["NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe", "NVIDIA-H100-NVL"],
+            "values": ["NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-PCIe"],
         },
         {
             "key": "topology.kubernetes.io/region",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
+import yaml
 
 from gantry_operator.catalog import preset
 from gantry_operator.spec import (
@@ -18,8 +20,10 @@ from gantry_operator.spec import (
     Serving,
     Source,
     SpecError,
+    bounds,
     parse,
 )
+from tests.unit.conftest import CRD_PATH
 
 CUSTOM = {
     "name": "my-llama",
@@ -111,8 +115,7 @@ def test_unknown_preset(spec_dict: dict[str, Any]) -> None:
     spec_dict["model"] = {"preset": "llama-9000"}
     err = spec_error(spec_dict)
     assert err.field_path == "spec.model.preset"
-    assert "unknown model preset 'llama-9000'" in str(err)
-    assert "gpt-oss-120b" in str(err)  # lists the choices
+    assert "'llama-9000' is not valid: use one of gpt-oss-120b, gpt-oss-20b" in str(err)
 
 
 def test_custom_model_from_camel_case(spec_dict: dict[str, Any]) -> None:
@@ -142,7 +145,6 @@ def test_served_name_overrides_the_default(spec_dict: dict[str, Any]) -> None:
     [
         ({"numLayerz": 3}, "unknown model field 'numLayerz'"),
         ({"hiddenSize": None}, "hidden_size"),  # None drops it: a required field is missing
-        ({"minComputeCapability": "9"}, "spec.model.custom: "),  # not major.minor
     ],
 )
 def test_bad_custom_model(spec_dict: dict[str, Any], change: dict[str, Any], fragment: str) -> None:
@@ -168,15 +170,15 @@ def test_gpu_count_and_per_node(spec_dict: dict[str, Any]) -> None:
     s = parse("md", "ns", spec_dict)
     assert (s.gpu.count, s.gpu.per_node, s.gpu.gpus_per_node) == (4, 2, 2)
     spec_dict["gpu"] = {"type": "L4"}
-    assert parse("md", "ns", spec_dict).gpu.gpus_per_node == 4  # the profile's default
+    assert parse("md", "ns", spec_dict).gpu.gpus_per_node == 8  # the profile's default
 
 
 @pytest.mark.parametrize(
     "source",
     [
         {},
-        {"sha256": {"a": "b"}},
-        {"pvc": {"claimName": "m"}, "s3": {"endpoint": "http://s3", "bucket": "b"}},
+        {"sha256": {"a": "0" * 64}},
+        {"pvc": {"claimName": "m"}, "s3": {"endpoint": "http://s3", "bucket": "bkt"}},
     ],
 )
 def test_source_needs_exactly_one_kind(spec_dict: dict[str, Any], source: dict[str, Any]) -> None:
@@ -360,3 +362,196 @@ def test_spec_error_message_starts_with_the_field() -> None:
     err = SpecError("spec.gpu.type", "is required")
     assert (str(err), err.field_path) == ("spec.gpu.type: is required", "spec.gpu.type")
     assert isinstance(err, ValueError)
+
+
+# --- the CRD's bounds, enforced again -----------------------------------------------------------
+
+#: Keywords of a scalar bound in the CRD schema.
+BOUND_KEYS = ("minimum", "maximum", "exclusiveMinimum", "enum", "minLength", "maxLength", "pattern")
+
+
+def crd_bounds(node: dict[str, Any], path: str = "") -> dict[str, dict[str, Any]]:
+    """Every bounded scalar below ``node`` by spec-relative path (``[]`` items, ``*`` values)."""
+    found: dict[str, dict[str, Any]] = {}
+    if any(k in node for k in BOUND_KEYS) and node.get("type") in ("integer", "number", "string"):
+        found[path] = {k: node[k] for k in BOUND_KEYS if k in node} | {"type": node["type"]}
+    for key, child in (node.get("properties") or {}).items():
+        found |= crd_bounds(child, f"{path}.{key}" if path else key)
+    if isinstance(node.get("items"), dict):
+        found |= crd_bounds(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        found |= crd_bounds(node["additionalProperties"], f"{path}.*")
+    return found
+
+
+@pytest.fixture(scope="module")
+def spec_bounds(crd_schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return crd_bounds(crd_schema["properties"]["spec"])
+
+
+def test_the_bounds_table_is_the_crd(spec_bounds: dict[str, dict[str, Any]]) -> None:
+    assert set(bounds()) == set(spec_bounds)
+    for path, crd in spec_bounds.items():
+        b = bounds()[path]
+        assert b.kind == crd["type"], path
+        assert b.minimum == crd.get("minimum"), path
+        assert b.maximum == crd.get("maximum"), path
+        assert b.exclusive_minimum == crd.get("exclusiveMinimum", False), path
+        assert list(b.enum) == crd.get("enum", []), path
+        assert (b.min_length, b.max_length) == (crd.get("minLength"), crd.get("maxLength")), path
+        assert b.pattern == crd.get("pattern"), path
+
+
+def _violation(crd: dict[str, Any]) -> Any:
+    """A value the CRD bound ``crd`` refuses."""
+    if "enum" in crd:
+        return "bogus"
+    if crd["type"] == "integer":
+        return crd["minimum"] - 1 if "maximum" not in crd else crd["maximum"] + 1
+    if crd["type"] == "number":
+        if crd.get("exclusiveMinimum"):
+            return crd["minimum"]
+        return crd["maximum"] + 0.5 if "maximum" in crd else crd["minimum"] - 1
+    if "maxLength" in crd:
+        return "a" * (crd["maxLength"] + 1)
+    if "minLength" in crd and "pattern" not in crd:
+        return ""
+    return next(v for v in (".x", "ftp://x", "a b", "9") if not re.search(crd["pattern"], v))
+
+
+def _with(spec: dict[str, Any], path: str, value: Any) -> tuple[dict[str, Any], str]:
+    """``spec`` with ``value`` at ``path`` (containers built on the way) and the concrete path."""
+    head = path.split(".")
+    if head[0] == "model" and head[1] == "custom":
+        spec["model"] = {"custom": dict(CUSTOM)}
+    if head[0] == "source" and head[1] not in ("sha256",):
+        spec["source"] = {}
+    node = spec
+    concrete = "spec"
+    for i, part in enumerate(head):
+        last = i == len(head) - 1
+        if part == "*":
+            node["f"] = value
+            concrete += ".f"
+        elif part.endswith("[]"):
+            item: dict[str, Any] | Any = {} if not last else value
+            node[part[:-2]] = [item]
+            concrete += f".{part[:-2]}[0]"
+            node = item
+        elif last:
+            node[part] = value
+            concrete += f".{part}"
+        else:
+            node = node.setdefault(part, {})
+            concrete += f".{part}"
+    return spec, concrete
+
+
+def _range_words(crd: dict[str, Any]) -> list[str]:
+    """What the message must say of the valid range, from the CRD."""
+    words = [f"{crd[k]:g}" for k in ("minimum", "maximum") if k in crd]
+    words += [str(crd[k]) for k in ("minLength", "maxLength") if k in crd]
+    words += list(crd.get("enum", [])) + ([crd["pattern"]] if "pattern" in crd else [])
+    return words
+
+
+@pytest.mark.parametrize(
+    "path", sorted(crd_bounds(yaml.safe_load(CRD_PATH.read_text())["spec"]["versions"][0]
+                              ["schema"]["openAPIV3Schema"]["properties"]["spec"]))
+)  # fmt: skip
+def test_every_crd_bound_is_enforced_naming_field_and_range(
+    spec_dict: dict[str, Any], spec_bounds: dict[str, dict[str, Any]], path: str
+) -> None:
+    crd = spec_bounds[path]
+    bad = _violation(crd)
+    spec, concrete = _with(spec_dict, path, bad)
+    err = spec_error(spec)
+    assert err.field_path == concrete
+    assert str(err).startswith(f"{concrete}: {bad!r} is not valid: use ")
+    for word in _range_words(crd):
+        assert word in str(err), (word, str(err))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("gpu.count", "4"), ("gpu.count", True), ("serving.gpuMemoryUtilization", "0.9")],
+)
+def test_wrong_types_are_refused(spec_dict: dict[str, Any], field: str, value: Any) -> None:
+    spec, concrete = _with(spec_dict, field, value)
+    assert spec_error(spec).field_path == concrete
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "fragment"),
+    [
+        (
+            {"gpu": {"type": "H100-80GB", "count": 6}, "parallelism": {"tensor": 4}},
+            "spec.gpu.count",
+            "6 must be a multiple of spec.parallelism.tensor=4",
+        ),
+        (
+            {"gpu": {"type": "H100-80GB", "count": 4}, "parallelism": {"tensor": 8, "pipeline": 2}},
+            "spec.gpu.count",
+            "4 must be a multiple of spec.parallelism.tensor=8",
+        ),
+        (
+            {"gpu": {"type": "H100-80GB", "count": 8}, "parallelism": {"tensor": 2, "pipeline": 2}},
+            "spec.gpu.count",
+            "8 must equal spec.parallelism.tensor x spec.parallelism.pipeline = 2 x 2 = 4",
+        ),
+        (
+            {"replicas": 5, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3}},
+            "spec.replicas",
+            "5 must lie within spec.autoscaling.minReplicas..maxReplicas (1..3)",
+        ),
+        (
+            {"autoscaling": {"metric": "kvCacheUsage", "target": 8}},
+            "spec.autoscaling.target",
+            "8 is not valid for kvCacheUsage: use a fraction above 0 and at most 1",
+        ),
+        (
+            {"model": {"custom": {**CUSTOM, "attention": "mla"}}},
+            "spec.model.custom.mlaLatentDim",
+            "required for MLA attention",
+        ),
+        (
+            {"model": {"custom": {**CUSTOM, "slidingLayers": 32}}},
+            "spec.model.custom.slidingLayers",
+            "32 must be fewer than numLayers (32)",
+        ),
+        (
+            {"model": {"custom": {**CUSTOM, "numKvHeads": 5}}},
+            "spec.model.custom.numAttentionHeads",
+            "32 must be a multiple of numKvHeads (5)",
+        ),
+        (
+            {"runtime": {"resources": {"limits": {"nvidia.com/gpu": 1}}}},
+            "spec.runtime.resources.limits",
+            "must not request GPUs (nvidia.com/gpu)",
+        ),
+    ],
+)
+def test_cross_field_rules_of_the_crd(
+    spec_dict: dict[str, Any], change: dict[str, Any], field: str, fragment: str
+) -> None:
+    err = spec_error({**spec_dict, **change})
+    assert err.field_path == field
+    assert fragment in str(err)
+
+
+def test_rules_that_hold_pass(spec_dict: dict[str, Any]) -> None:
+    spec_dict["gpu"] = {"type": "H100-80GB", "count": 4}
+    spec_dict["parallelism"] = {"tensor": 2, "pipeline": 2}
+    spec_dict["replicas"] = 2
+    spec_dict["autoscaling"] = {"enabled": True, "minReplicas": 1, "maxReplicas": 3}
+    s = parse("md", "ns", spec_dict)
+    assert (s.gpu.count, s.parallelism.tensor, s.parallelism.pipeline) == (4, 2, 2)
+
+
+def test_safety_margin(spec_dict: dict[str, Any]) -> None:
+    assert parse("md", "ns", spec_dict).serving.safety_margin_gib is None  # planner default
+    spec_dict["serving"] = {"safetyMarginGiB": 2}
+    assert parse("md", "ns", spec_dict).serving.safety_margin_gib == 2.0
+    spec_dict["serving"] = {"safetyMarginGiB": 65}
+    err = spec_error(spec_dict)
+    assert str(err) == "spec.serving.safetyMarginGiB: 65 is not valid: use a number from 0 to 64"

@@ -19,6 +19,11 @@ WeightDtype = Literal["mxfp4", "fp8", "bf16"]
 
 #: Bytes per element of the KV cache by ``--kv-cache-dtype``.
 KV_DTYPE_BYTES = {"auto": 2, "bfloat16": 2, "fp8": 1}
+#: MXFP4 stores 4-bit values plus one 8-bit scale per 32 (OCP MX block): 17 bytes per 32 weights.
+MXFP4_BYTES_PER_32_WEIGHTS = 17
+#: Vocabulary assumed when a custom model does not state its own (large: it sizes the sampler's
+#: memory, so guessing high is the safe side).
+DEFAULT_VOCAB_SIZE = 262144
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,8 @@ class ModelArch:
     num_kv_heads: int
     head_dim: int
     max_context: int
-    #: Bytes of weights vLLM holds on the GPUs for one replica, summed over ranks.
+    #: Bytes of the checkpoint's weights for one replica, summed over ranks. For MXFP4 models the
+    #: planner adds the per-GPU re-layout of the expert weights (planner.weight_bytes_per_gpu).
     weight_bytes: int
     weight_dtype: WeightDtype
     attention: AttentionKind = "gqa"
@@ -59,6 +65,8 @@ class ModelArch:
     reasoning_parser: str | None = None
     trust_remote_code: bool = False
     min_compute_capability: tuple[int, int] = (8, 0)
+    #: config.json vocab_size: vLLM's sampler warm-up holds max-num-seqs x vocabulary logits.
+    vocab_size: int = 0
     source: str = ""
 
     @property
@@ -68,6 +76,19 @@ class ModelArch:
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 0
+
+    @property
+    def vocab(self) -> int:
+        return self.vocab_size or DEFAULT_VOCAB_SIZE
+
+    @property
+    def expert_weight_bytes(self) -> int:
+        """Checkpoint bytes of the MXFP4 expert weights (gate, up and down projections of every
+        expert of every layer); 0 unless the model is an MXFP4 mixture of experts."""
+        if self.weight_dtype != "mxfp4" or not self.is_moe:
+            return 0
+        weights = 3 * self.num_layers * self.num_experts * self.hidden_size
+        return weights * self.moe_intermediate_size * MXFP4_BYTES_PER_32_WEIGHTS // 32
 
     def kv_heads_per_rank(self, tp: int) -> int:
         """KV heads one tensor rank holds: split while TP <= KV heads, replicated beyond."""
