@@ -58,6 +58,17 @@ class Controller:
         if owner is not None and self.store.get(MODEL_DEPLOYMENT, owner) is not None:
             self._enqueue(owner)
 
+    def node_event(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        """A GPU node: the pool's GPUs per node are a planner input."""
+        before = self.store.pool_version
+        if event_type == "DELETED":
+            self.store.remove_node(obj)
+        else:
+            self.store.put_node(obj)
+        if self.store.pool_version != before:
+            for md in self.store.model_deployments():
+                self._enqueue(key_of(md))
+
     def _enqueue(self, key: Key) -> None:
         if self.queue is not None:
             self.queue.add(key)

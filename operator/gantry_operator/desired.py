@@ -14,11 +14,11 @@ the children last seen in the watch and lists exactly what to apply and what to 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gantry_operator import drift, manifests, planner
+from gantry_operator import drift, gpus, manifests, planner
 from gantry_operator.config import OperatorConfig
 from gantry_operator.manifests.common import Owner
 from gantry_operator.planner import DoesNotFitError, Plan
@@ -67,7 +67,11 @@ class Decision:
     conflicts: tuple[str, ...] = ()
 
 
-def intent(md: Mapping[str, Any], config: OperatorConfig) -> Intent:
+def intent(
+    md: Mapping[str, Any], config: OperatorConfig, nodes: Sequence[Mapping[str, Any]] = ()
+) -> Intent:
+    """``nodes``: the cluster's GPU nodes, for the GPUs per node of the spec's GPU pool
+    (``spec.gpu.perNode`` wins; without nodes, the GPU profile's default)."""
     meta = md["metadata"]
     generation = int(meta.get("generation") or 0)
     policy = config.policy
@@ -86,7 +90,7 @@ def intent(md: Mapping[str, Any], config: OperatorConfig) -> Intent:
     except SpecError as exc:
         return Intent(generation, spec, None, Problem("PolicyViolation", str(exc)))
     try:
-        plan = planner.plan(spec)
+        plan = planner.plan(spec, gpus_per_node=gpus.gpus_per_node(spec.gpu.profile, nodes))
     except DoesNotFitError as exc:
         return Intent(generation, spec, None, Problem("DoesNotFit", str(exc)))
     if plan.nodes_per_replica > 1:

@@ -53,6 +53,16 @@ async def network_policy(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> Non
     _controller(memo).child_event("NetworkPolicy", event["type"], event["object"])
 
 
+async def node(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    _controller(memo).node_event(event["type"], event["object"])
+
+
+def watch_nodes() -> None:
+    """GPU nodes (the pool's GPUs per node, for the planner): only when serving the whole
+    cluster; a namespace-scoped operator has no cluster-wide access and uses the profiles."""
+    kopf.on.event("v1", "nodes")(node)
+
+
 def watch_network_policies() -> None:
     """NetworkPolicies are watched only when the cluster policy has the operator make them
     (without it the operator needs, and has, no access to them)."""

@@ -45,19 +45,20 @@ class Reconciler:
 
     def __init__(self, store: Store, config: OperatorConfig) -> None:
         self.store, self.config = store, config
-        self._intents: dict[str, desired.Intent] = {}
+        self._intents: dict[str, tuple[int, desired.Intent]] = {}
         self._lock = threading.Lock()
 
     def intent(self, md: Mapping[str, Any]) -> desired.Intent:
-        """The intent for the object's current generation (computed once per generation)."""
+        """The intent for the object's current generation and node pool (computed once each)."""
         uid, generation = md["metadata"]["uid"], int(md["metadata"].get("generation") or 0)
+        pool, nodes = self.store.nodes()
         with self._lock:
             cached = self._intents.get(uid)
-        if cached is not None and cached.generation == generation:
-            return cached
-        fresh = desired.intent(md, self.config)
+        if cached is not None and cached[0] == pool and cached[1].generation == generation:
+            return cached[1]
+        fresh = desired.intent(md, self.config, nodes)
         with self._lock:
-            self._intents[uid] = fresh
+            self._intents[uid] = (pool, fresh)
         return fresh
 
     def forget(self, uid: str) -> None:

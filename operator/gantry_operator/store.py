@@ -27,6 +27,7 @@ CHILD_KINDS: dict[str, str] = {
     "NetworkPolicy": "networking.k8s.io/v1",
 }
 POD = "Pod"
+NODE = "Node"
 MD_LABEL = "gantry.dev/model-deployment"
 
 
@@ -78,6 +79,31 @@ class Store:
             kind: {} for kind in (MODEL_DEPLOYMENT, *CHILD_KINDS, POD)
         }
         self._pods_by_owner: dict[Key, dict[str, Obj]] = {}
+        #: GPU nodes, slimmed to what the planner reads (labels, allocatable), and a counter
+        #: that moves only when one of those changes (not on every node heartbeat).
+        self._nodes: dict[str, Obj] = {}
+        self.pool_version = 0
+
+    def put_node(self, node: Obj) -> None:
+        slim = {
+            "metadata": {"labels": dict(node["metadata"].get("labels") or {})},
+            "status": {"allocatable": dict((node.get("status") or {}).get("allocatable") or {})},
+        }
+        name = str(node["metadata"]["name"])
+        with self._lock:
+            if self._nodes.get(name) != slim:
+                self._nodes[name] = slim
+                self.pool_version += 1
+
+    def remove_node(self, node: Obj) -> None:
+        with self._lock:
+            if self._nodes.pop(str(node["metadata"]["name"]), None) is not None:
+                self.pool_version += 1
+
+    def nodes(self) -> tuple[int, tuple[Obj, ...]]:
+        """(pool version, the nodes)."""
+        with self._lock:
+            return self.pool_version, tuple(self._nodes.values())
 
     def put(self, kind: str, obj: Obj) -> None:
         key = key_of(obj)

@@ -407,6 +407,8 @@ def test_namespace_scoped_watch_has_no_cluster_wide_permission() -> None:
             - {
                 ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
                 ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+                ("", "nodes", "list"),
+                ("", "nodes", "watch"),
                 *{("kopf.dev", "clusterkopfpeerings", v) for v in ("list", "watch", "patch")},
             }
         ) | {("kopf.dev", "kopfpeerings", v) for v in ("list", "watch", "patch")}

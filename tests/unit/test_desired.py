@@ -188,3 +188,23 @@ def test_the_hash_changes_when_a_field_is_dropped() -> None:
     assert drift.differs(dropped, stamped)
     assert not drift.differs(stamped, as_served(stamped))
     assert drift.stamp(stamped) == stamped
+
+
+def l4_node(gpus: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": f"l4-{gpus}", "labels": {"nvidia.com/gpu.product": "NVIDIA-L4"}},
+        "status": {"allocatable": {"nvidia.com/gpu": str(gpus)}},
+    }
+
+
+def test_gpus_per_node_come_from_the_node_pool() -> None:
+    md = model_deployment()
+    md["spec"].update(model={"preset": "gpt-oss-120b"}, gpu={"type": "L4"})
+    md["spec"]["serving"]["maxContextLength"] = 131072
+    four = intent(md, OperatorConfig(), [l4_node(4)])
+    assert four.problem is not None
+    assert four.problem.reason == "NeedsMultiNode"
+    eight = intent(md, OperatorConfig(), [l4_node(4), l4_node(8)])
+    assert eight.problem is None
+    assert eight.plan is not None
+    assert (eight.plan.tensor_parallel_size, eight.plan.nodes_per_replica) == (8, 1)
