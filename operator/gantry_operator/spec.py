@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from gantry_operator import gpus
+from gantry_operator import gpus, spec_rules
 from gantry_operator.catalog import (
     KV_DTYPE_BYTES,
     ModelArch,
@@ -20,6 +20,7 @@ from gantry_operator.catalog import (
     arch_from_mapping,
     preset,
 )
+from gantry_operator.engine_args import EngineArgError, parse_engine_args
 
 GROUP = "gantry.dev"
 VERSION = "v1alpha1"
@@ -219,7 +220,7 @@ def parse(
         offline=bool(_get(residency_obj, "offline", True)),
     )
     source = _parse_source(_get(spec, "source", {}), residency)
-    serving = _parse_serving(_get(spec, "serving", {}), arch)
+    serving = _parse_serving(_get(spec, "serving", {}), arch, offline=residency.offline)
     parallelism, serving = _fold_parallel_args(par, serving)
     return ModelDeploymentSpec(
         name=name,
@@ -240,23 +241,17 @@ def parse(
 
 
 def _fold_parallel_args(par: Mapping[str, Any], serving: Serving) -> tuple[Parallelism, Serving]:
-    """Engine flags about parallelism: expert parallel is a planner input, data parallel is
-    what replicas are for."""
+    """Expert parallel is a planner input (data parallel is a protected flag: replicas are
+    what it would be for)."""
     args = dict(serving.engine_args)
     expert = par.get("expert")
     if "enable-expert-parallel" in args:
-        raw = args.pop("enable-expert-parallel").lower()
+        # parse_engine_args let only "true" or "false" through for this switch.
+        raw = args.pop("enable-expert-parallel")
         field_path = "spec.serving.engineArgs.enable-expert-parallel"
-        if raw not in ("true", "false"):
-            raise SpecError(field_path, f"{raw!r} is not valid: use true or false")
         if expert is not None and expert != (raw == "true"):
             raise SpecError(field_path, f"is {raw} but spec.parallelism.expert is {expert}")
         expert = raw == "true"
-    if args.get("data-parallel-size", "1") != "1":
-        raise SpecError(
-            "spec.serving.engineArgs.data-parallel-size",
-            "would multiply the GPUs of every replica beyond the plan; scale with spec.replicas",
-        )
     parallelism = Parallelism(tensor=par.get("tensor"), pipeline=par.get("pipeline"), expert=expert)
     return parallelism, replace(serving, engine_args=tuple(sorted(args.items())))
 
@@ -362,7 +357,7 @@ _PLAN_INPUT_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
 }
 
 
-def _parse_serving(serving: Mapping[str, Any], arch: ModelArch) -> Serving:
+def _parse_serving(serving: Mapping[str, Any], arch: ModelArch, *, offline: bool) -> Serving:
     max_len = serving.get("maxContextLength")
     if max_len is not None and max_len > arch.max_context:
         raise SpecError(
@@ -370,7 +365,10 @@ def _parse_serving(serving: Mapping[str, Any], arch: ModelArch) -> Serving:
             f"{max_len} exceeds {arch.name}'s maximum context of {arch.max_context} tokens; "
             f"set it to {arch.max_context} or less",
         )
-    args = {str(k).removeprefix("--"): str(v) for k, v in _get(serving, "engineArgs", {}).items()}
+    try:
+        args = dict(parse_engine_args(_get(serving, "engineArgs", {})))
+    except EngineArgError as exc:
+        raise SpecError(exc.field_path, str(exc).removeprefix(f"{exc.field_path}: ")) from None
     # Engine flags that are planner inputs are folded into their spec.serving fields, so the
     # plan accounts for them; setting both to different values is a contradiction.
     folded: dict[str, Any] = {}
@@ -391,7 +389,7 @@ def _parse_serving(serving: Mapping[str, Any], arch: ModelArch) -> Serving:
             )
         folded[key] = value
     merged = {**serving, **folded}
-    env = tuple(sorted(_get(serving, "env", ()), key=lambda e: str(e.get("name"))))
+    env = _rule(spec_rules.check_env, "spec.serving.env", _get(serving, "env", ()), offline=offline)
     return Serving(
         max_context_length=max_len,
         target_concurrency=int(_get(serving, "targetConcurrency", 1)),
@@ -405,10 +403,30 @@ def _parse_serving(serving: Mapping[str, Any], arch: ModelArch) -> Serving:
     )
 
 
+_T = TypeVar("_T")
+
+
+def _rule(check: Callable[..., _T], field_path: str, value: Any, **options: Any) -> _T:
+    """Run a spec_rules check, reporting its RuleError as a SpecError."""
+    try:
+        return check(field_path, value, **options)
+    except spec_rules.RuleError as exc:
+        raise SpecError(exc.field_path, str(exc).removeprefix(f"{exc.field_path}: ")) from None
+
+
 def _parse_scheduling(scheduling: Mapping[str, Any]) -> Scheduling:
+    where = "spec.scheduling"
     return Scheduling(
-        node_selector=tuple(sorted(dict(_get(scheduling, "nodeSelector", {})).items())),
-        tolerations=tuple(_get(scheduling, "tolerations", ())),
+        node_selector=_rule(
+            spec_rules.check_node_selector,
+            f"{where}.nodeSelector",
+            dict(_get(scheduling, "nodeSelector", {})),
+        ),
+        tolerations=_rule(
+            spec_rules.check_tolerations,
+            f"{where}.tolerations",
+            _get(scheduling, "tolerations", ()),
+        ),
         affinity=scheduling.get("affinity"),
         priority_class_name=_get(scheduling, "priorityClassName", ""),
     )
@@ -419,11 +437,19 @@ def _parse_runtime(
 ) -> Runtime:
     resources: Mapping[str, Any] = _get(runtime, "resources", {})
     own = tuple(s["name"] for s in _get(runtime, "imagePullSecrets", ()))
+    where = "spec.runtime.resources"
+    requests = _rule(
+        spec_rules.check_resources, f"{where}.requests", _get(resources, "requests", {})
+    )
+    limits = _rule(spec_rules.check_resources, f"{where}.limits", _get(resources, "limits", {}))
+    shm_size = runtime.get("shmSize")
+    if shm_size is not None:
+        _rule(spec_rules.check_shm_size, "spec.runtime.shmSize", shm_size)
     return Runtime(
         image=_get(runtime, "image", default_image),
         image_pull_policy=_get(runtime, "imagePullPolicy", "IfNotPresent"),
-        requests=tuple(sorted((k, str(v)) for k, v in _get(resources, "requests", {}).items())),
-        limits=tuple(sorted((k, str(v)) for k, v in _get(resources, "limits", {}).items())),
-        shm_size=runtime.get("shmSize"),
+        requests=requests,
+        limits=limits,
+        shm_size=shm_size,
         image_pull_secrets=tuple(dict.fromkeys((*own, *cluster_secrets))),
     )
