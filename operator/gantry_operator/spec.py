@@ -275,11 +275,12 @@ def _parse_model(model: Mapping[str, Any]) -> tuple[ModelArch, str | None]:
         ) from None
 
 
-_SOURCE_KINDS: tuple[SourceKind, ...] = ("pvc", "s3", "image", "huggingFace")
+#: Weight source kinds, in the order messages list them (policy.py uses them too).
+SOURCE_KINDS: tuple[SourceKind, ...] = ("pvc", "s3", "image", "huggingFace")
 
 
 def _parse_source(source: Mapping[str, Any], residency: Residency) -> Source:
-    kinds = [k for k in _SOURCE_KINDS if k in source]
+    kinds = [k for k in SOURCE_KINDS if k in source]
     if len(kinds) != 1:
         raise SpecError("spec.source", "set exactly one of pvc, s3, image or huggingFace")
     kind = kinds[0]

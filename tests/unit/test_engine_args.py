@@ -152,7 +152,8 @@ def test_size_caps() -> None:
 
 
 def test_canonical_spelling() -> None:
-    assert "write it as enable-prefix-caching with the opposite" in str(refused({"no-enable-prefix-caching": "1"}))
+    negative = refused({"no-enable-prefix-caching": "1"})
+    assert "write it as enable-prefix-caching with the opposite" in str(negative)
     assert "write gpu-memory-utilization" in str(refused({"device-memory-utilization": "0.8"}))
     err = refused({"max_num_seqs": "8", "max-num-seqs": "8"})
     assert "sets the same flag as" in str(err)
