@@ -38,16 +38,16 @@ from typing import Any, Literal
 
 FIELD = "spec.serving.engineArgs"
 #: Caps the CRD repeats (maxProperties, key and value maxLength).
-MAX_ARGS = 32
+MAX_ARGS = 16
 MAX_KEY_LENGTH = 64
-MAX_VALUE_LENGTH = 1024
+MAX_VALUE_LENGTH = 512
 #: A canonical key: lowercase words joined by single dashes.
 KEY_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
-#: No leading dash (it would read as a second flag), no whitespace or control characters.
-VALUE_PATTERN = re.compile(r"^([^-\s\x00-\x1f\x7f][^\s\x00-\x1f\x7f]*)?$")
-#: The same as a Kubernetes (RE2) pattern for the CRD.
-CRD_VALUE_PATTERN = r"^([^-\s\x00-\x1f\x7f][^\s\x00-\x1f\x7f]*)?$"
-CRD_KEY_PATTERN = KEY_PATTERN.pattern
+#: Printable ASCII without spaces, not starting with '-' (it would read as a second flag); the
+#: CRD's pattern for engineArgs values is the same.
+VALUE_PATTERN = re.compile(r"^([!-,.-~][!-~]*)?$")
+#: Keys as the CRD accepts them, before '_' is read as '-'.
+CRD_KEY_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 
 FlagKind = Literal["value", "switch", "store_true", "store_false", "negative"]
 
@@ -244,8 +244,8 @@ def check_value(field_path: str, value: str) -> None:
     if not VALUE_PATTERN.match(value):
         raise EngineArgError(
             field_path,
-            f"{value[:40]!r} cannot start with '-' or contain whitespace or control characters "
-            "(it would become a second argument); write one value, e.g. compact JSON",
+            f"{value[:40]!r} must be one argument: printable ASCII without spaces, not starting "
+            "with '-' (it would become a second argument); write one value, e.g. compact JSON",
         )
 
 
@@ -359,3 +359,10 @@ def egress(args: tuple[tuple[str, str], ...]) -> dict[str, tuple[str, ...]]:
         else:
             found[flag] = ()
     return found
+
+
+def protected_spellings() -> tuple[str, ...]:
+    """Every flag name (aliases and negative forms included) that sets a protected setting: the
+    list the CRD's CEL rule refuses (after mapping ``_`` to ``-``)."""
+    dests = _protected_dests()
+    return tuple(sorted(name for name, flag in table().flags.items() if flag.dest in dests))

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
-from gantry_operator import gpus, spec_rules
+from gantry_operator import gpus, schema, spec_rules
 from gantry_operator.catalog import (
     KV_DTYPE_BYTES,
     ModelArch,
@@ -222,6 +222,12 @@ def parse(
     source = _parse_source(_get(spec, "source", {}), residency)
     serving = _parse_serving(_get(spec, "serving", {}), arch, offline=residency.offline)
     parallelism, serving = _fold_parallel_args(par, serving)
+    try:
+        # Everything else the CRD schema refuses, refused here too (after the checks above,
+        # whose messages say more for the fields they cover).
+        schema.validate(spec)
+    except schema.SchemaError as exc:
+        raise SpecError(exc.field_path, str(exc).removeprefix(f"{exc.field_path}: ")) from None
     return ModelDeploymentSpec(
         name=name,
         namespace=namespace,

@@ -22,9 +22,9 @@ RESERVED_ENV_PREFIX = "GANTRY_"
 #: Kubernetes' environment variable name rule (any printable ASCII but '=' since 1.34 is more
 #: lenient; the conventional form is what vLLM and Python read).
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-MAX_ENV = 32
+MAX_ENV = 12
 MAX_ENV_NAME_LENGTH = 128
-MAX_ENV_VALUE_LENGTH = 1024
+MAX_ENV_VALUE_LENGTH = 256
 
 #: Resource names that are accelerators: Gantry alone sets them, from the plan. Prefixes cover
 #: every vendor's device plugins (NVIDIA full GPUs, MIG profiles such as nvidia.com/mig-1g.10gb,
@@ -47,7 +47,7 @@ QUANTITY = (
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 QUANTITY_PATTERN = re.compile(QUANTITY)
-SHM_SIZE = r"^[1-9][0-9]{0,5}(Mi|Gi)$"
+SHM_SIZE = r"^[0-9]{1,6}(Mi|Gi)$"
 
 #: A label key: optional DNS-subdomain prefix and '/', then a name of at most 63 characters.
 LABEL_KEY = (
@@ -57,7 +57,8 @@ LABEL_KEY = (
 LABEL_KEY_PATTERN = re.compile(LABEL_KEY)
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 LABEL_VALUE_PATTERN = re.compile(LABEL_VALUE)
-MAX_LABEL_KEY_LENGTH = 316  # 253 prefix + '/' + 63 name
+#: Kubernetes allows 316 (253 prefix + '/' + 63 name); the CRD caps keys at 128 to bound specs.
+MAX_LABEL_KEY_LENGTH = 128
 MAX_NODE_SELECTOR = 16
 MAX_TOLERATIONS = 16
 TOLERATION_OPERATORS = ("Exists", "Equal")

@@ -21,7 +21,7 @@ import yaml
 
 from gantry_operator import metrics
 from hack import chart, sync_chart
-from hack.chart import CHART
+from hack.chart import CHART, ROOT
 
 
 def _object_schemas(schema: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
@@ -91,12 +91,13 @@ def test_values_yaml_documents_every_key() -> None:
 
 def test_chart_copies_of_canonical_files_are_identical() -> None:
     assert sync_chart.differences() == [], "run `python -m hack.sync_chart`"
-    copied = {copy.relative_to(CHART).as_posix() for _, copy in sync_chart.pairs()}
-    assert "files/crds/gantry.dev_modeldeployments.yaml" in copied
+    copied = {copy.relative_to(ROOT).as_posix() for _, copy in sync_chart.pairs()}
+    assert "charts/gantry/files/crds/gantry.dev_modeldeployments.yaml" in copied
+    assert "operator/gantry_operator/crds/gantry.dev_modeldeployments.yaml" in copied
     assert {
-        "files/monitoring/servicemonitor-operator.yaml",
-        "files/monitoring/podmonitor-runtime.yaml",
-        "files/monitoring/prometheusrule.yaml",
+        "charts/gantry/files/monitoring/servicemonitor-operator.yaml",
+        "charts/gantry/files/monitoring/podmonitor-runtime.yaml",
+        "charts/gantry/files/monitoring/prometheusrule.yaml",
     } <= copied
 
 

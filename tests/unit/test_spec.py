@@ -310,7 +310,7 @@ def test_bad_engine_arg_values(spec_dict: dict[str, Any], flag: str, raw: str) -
 
 def test_engine_args_and_env_are_sorted(spec_dict: dict[str, Any]) -> None:
     spec_dict["serving"] = {
-        "engineArgs": {"--enforce-eager": "true", "async-scheduling": "false", "seed": 7},
+        "engineArgs": {"enforce_eager": "true", "async-scheduling": "false", "seed": "7"},
         "env": [{"name": "ZED", "value": "1"}, {"name": "ALPHA", "value": "2"}],
     }
     serving = parse("md", "ns", spec_dict).serving
