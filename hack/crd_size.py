@@ -3,11 +3,12 @@
     python -m hack.crd_size            # prints the bound in bytes and KiB, by top-level field
 
 The bound is computed from the schema alone: every property present, every list at maxItems,
-every map at maxProperties with keys at the length a CEL rule ``k.size() <= N`` allows (6 bytes a character,
-1 when a rule ``k.matches(...)`` restricts them to an ASCII pattern), every
-string at maxLength, serialized as compact JSON. A string costs its quotes plus, per character,
-2 bytes when a pattern restricts it (the worst escape, ``\\"``) and 6 bytes otherwise (a control
-character escaped as ``\\u00XX``; more than the 4 bytes of any UTF-8 character). Integers cost
+every map at maxProperties with keys at the length a CEL rule ``k.size() <= N`` allows (6 bytes
+a character, 1 when a rule ``k.matches(...)`` restricts them to an ASCII pattern), every string
+at maxLength, serialized as compact JSON. A string costs its quotes plus, per character, what
+``char_cost`` says its pattern lets through: 1 byte for ASCII classes without '"' and '\\', 2 for
+printable ASCII ('"' and '\\' escape to two bytes), 6 otherwise (a control character escaped as
+``\\u00XX``; more than the 4 bytes of any UTF-8 character). Integers cost
 their widest bound (20 characters without ``maximum``), numbers 24, booleans 5. A field the bound
 cannot cover (a string without maxLength or enum, a list without maxItems, a map without
 maxProperties or a key-length rule, preserve-unknown-fields) is an error: the unit test
