@@ -51,7 +51,7 @@ SHM_SIZE = r"^[0-9]{1,6}(Mi|Gi)$"
 
 #: A label key: optional DNS-subdomain prefix and '/', then a name of at most 63 characters.
 LABEL_KEY = (
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
 LABEL_KEY_PATTERN = re.compile(LABEL_KEY)
