@@ -253,7 +253,7 @@ def test_accepted_spec_from_the_tenant_is_served(tenant: Tenant) -> None:
             "engineArgs": {"enable_prefix_caching": "false", "compilation-config": '{"level":3}'},
             "env": [{"name": "VLLM_LOGGING_LEVEL", "value": "INFO"}],
         },
-        runtime={"resources": {"requests": {"cpu": "4", "memory": "64Gi"}}},
+        runtime={"resources": {"requests": {"cpu": "4", "memory": "16Gi"}}},
         scheduling={"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "llm"}]},
     )
     result = tenant.apply("fine", spec)
