@@ -142,3 +142,96 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- the largest spec itself -----------------------------------------------------------------------
+
+
+def _candidates(length: int) -> list[str]:
+    """Strings of ``length`` characters, the most expensive to serialize first."""
+    half = max(1, length // 2)
+    return [
+        '"' * length,
+        "https://" + '"' * (length - 8),
+        "a" * (length - 64) + "/" + "a" * 63,
+        "a" * half + "/" + "a" * (length - half - 1),
+        "1" * (length - 2) + ".1",
+        "9" * (length - 2) + "Gi",
+        "9" * length,
+        "a" * length,
+    ]
+
+
+def _largest_string(node: dict[str, Any], where: str) -> str:
+    if "enum" in node:
+        return str(max(node["enum"], key=lambda v: len(json.dumps(v))))
+    pattern = node.get("pattern")
+    for length in range(int(node["maxLength"]), 0, -1):
+        for text in _candidates(length):
+            if len(text) == length and (pattern is None or re.search(pattern, text)):
+                return text
+    raise UnboundedError(f"{where}: no string matches {pattern}")
+
+
+def _unique(text: str, index: int) -> str:
+    """``text`` with its last characters replaced by ``index`` (keys and set items)."""
+    suffix = f"{index:04d}"
+    return text[: len(text) - len(suffix)] + suffix
+
+
+def _largest(node: dict[str, Any], where: str) -> Any:
+    if node.get("x-kubernetes-int-or-string"):
+        return _largest_string({k: v for k, v in node.items() if k != "anyOf"}, where)
+    kind = node.get("type")
+    if kind == "string":
+        return _largest_string(node, where)
+    if kind == "integer":
+        return int(node.get("maximum", 2**63 - 1))
+    if kind == "number":
+        return float(node.get("maximum", 1.2345678901234567e300))
+    if kind == "boolean":
+        return False
+    if kind == "array":
+        item = node["items"]
+        values = [_largest(item, f"{where}[]") for _ in range(int(node["maxItems"]))]
+        if node.get("x-kubernetes-list-type") == "set":
+            values = [_unique(v, i) for i, v in enumerate(values)]
+        return values
+    properties: dict[str, Any] = node.get("properties") or {}
+    if properties:
+        return {key: _largest(child, f"{where}.{key}") for key, child in properties.items()}
+    extra = node["additionalProperties"]
+    limit = _key_bound(node, where)
+    rules = [r["rule"] for r in node.get("x-kubernetes-validations", ())]
+    match = next((m for r in rules if (m := re.search(r"k\.matches\('(.*?)'\)", r))), None)
+    key = _largest_string({"maxLength": limit, "pattern": match.group(1) if match else None}, where)
+    return {
+        _unique(key.replace('"', "a"), i): _largest(extra, f"{where}.*")
+        for i in range(int(node["maxProperties"]))
+    }
+
+
+def largest_spec() -> dict[str, Any]:
+    """A spec at (nearly) the bound that the CRD accepts: every field at its maximum, with the
+    choices its CEL rules force made (one weight source, a custom model, consistent parallel
+    sizes, env entries with a value rather than a valueFrom)."""
+    spec: dict[str, Any] = _largest(spec_schema(), ".spec")
+    del spec["model"]["preset"]
+    custom = spec["model"]["custom"]
+    custom["attention"] = "gqa"
+    custom["slidingLayers"] = custom["numLayers"] - 1
+    custom["numKvHeads"] = custom["numAttentionHeads"]
+    source = spec["source"]
+    for kind in ("pvc", "image", "huggingFace"):
+        del source[kind]
+    spec["gpu"]["count"] = spec["parallelism"]["tensor"] * 2
+    spec["parallelism"]["pipeline"] = 2
+    spec["autoscaling"]["metric"] = "queueDepth"
+    spec["autoscaling"]["minReplicas"] = spec["autoscaling"]["maxReplicas"] = spec["replicas"]
+    spec["residency"]["offline"] = True
+    for index, entry in enumerate(spec["serving"]["env"]):
+        del entry["valueFrom"]
+        entry["name"] = _unique(entry["name"], index)
+    for toleration in spec["scheduling"]["tolerations"]:
+        toleration.update(operator="Equal", effect="NoExecute")
+    return spec

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from hack import crd_size
 from tests.integration.conftest import SETTLE, Namespace, wait_for
 from tests.integration.operator_process import OperatorProcess
 
@@ -334,3 +335,28 @@ def test_offline_residency_accepts_the_mirror(tenant: Tenant) -> None:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["image"].startswith(f"{MIRROR}/")
     assert json.dumps(deployment).count("amazonaws") == 0
+
+
+def test_the_largest_spec_the_crd_allows_is_accepted_refused_and_deleted(tenant: Tenant) -> None:
+    """Every field at its maximum (hack/crd_size.py): the API server stores it (the CEL rules stay
+    within their cost budget), the operator reports why it cannot serve it, and it deletes."""
+    spec = crd_size.largest_spec()
+    assert len(json.dumps(spec, separators=(",", ":"))) > 90_000
+    manifest = {
+        "apiVersion": "gantry.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": "largest"},
+        "spec": spec,
+    }
+    # create, not apply: client-side apply would add a second copy as an annotation.
+    result = tenant.kubectl("create", "-f", "-", input=json.dumps(manifest))
+    assert result.returncode == 0, result.stderr
+    stored = tenant.space.get("md", "largest")
+    assert stored is not None
+    size = len(json.dumps(stored["spec"], separators=(",", ":")))
+    assert size <= crd_size.max_size(crd_size.spec_schema())
+    cond = tenant.space.wait_condition("largest", "Ready", "False")
+    assert cond["message"].startswith("spec."), cond
+    result = tenant.kubectl("delete", "md", "largest", "--timeout=60s")
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: tenant.space.get("md", "largest") is None, SETTLE, "largest: not deleted")

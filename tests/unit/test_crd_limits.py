@@ -3,6 +3,7 @@ rules and the Python checks (schema.py, spec_rules.py, engine_args.py) agree."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -146,3 +147,11 @@ def test_parse_refuses_what_the_crd_refuses(
     with pytest.raises(SpecError) as info:
         parse("md", "ns", spec_dict)
     assert field in str(info.value)
+
+
+def test_the_largest_spec_fits_the_schema_and_the_bound() -> None:
+    spec = crd_size.largest_spec()
+    schema.validate(spec)
+    size = len(json.dumps(spec, separators=(",", ":")))
+    assert 0.75 * crd_size.max_size(crd_size.spec_schema()) < size
+    assert size <= crd_size.max_size(crd_size.spec_schema())
