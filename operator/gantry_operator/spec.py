@@ -1,9 +1,11 @@
 """Parse a ModelDeployment once into frozen, typed objects with defaults applied.
 
-The CRD schema and its CEL rules already reject malformed input at the API server; this module
-repeats only the checks the schema cannot express (catalog lookups, engine-arg conflicts) and
-raises :class:`SpecError` naming the field and the fix. Builders and the planner take these
-objects, never raw dicts.
+The CRD schema and its CEL rules reject malformed input at the API server; this module refuses
+the same specs again (so ``gantry plan`` / ``gantry render`` and the operator agree): the schema
+through ``schema.py``, the CEL rules that matter for safety through ``spec_rules.py`` (env, GPU
+resources, tolerations, node selectors) and ``engine_args.py`` (vLLM flags), plus what no schema
+can express (catalog lookups, engine-arg conflicts). It raises :class:`SpecError` naming the field
+and the fix. Builders and the planner take these objects, never raw dicts, and never refuse.
 """
 
 from __future__ import annotations
