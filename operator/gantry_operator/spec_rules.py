@@ -17,8 +17,11 @@ from typing import Any
 PRIVACY_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 #: Environment Gantry sets while a ModelDeployment runs offline.
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-#: Gantry's own runtime variables (launch spec, runtime mode, bind address, simulator knobs).
+#: Gantry's own runtime variables (launch spec, runtime mode, bind address, termination log).
 RESERVED_ENV_PREFIX = "GANTRY_"
+#: Except the simulator's knobs: only the simulator reads them, and only GANTRY_RUNTIME_MODE
+#: (reserved) selects the simulator.
+SIMULATOR_ENV_PREFIX = "GANTRY_SIM_"
 #: Kubernetes' environment variable name rule (any printable ASCII but '=' since 1.34 is more
 #: lenient; the conventional form is what vLLM and Python read).
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
@@ -134,7 +137,9 @@ def check_env(
         value = item.get("value")
         if value is not None and (not isinstance(value, str) or len(value) > MAX_ENV_VALUE_LENGTH):
             raise RuleError(where, f"value must be a string of at most {MAX_ENV_VALUE_LENGTH}")
-        if name.upper().startswith(RESERVED_ENV_PREFIX):
+        if name.upper().startswith(RESERVED_ENV_PREFIX) and not name.startswith(
+            SIMULATOR_ENV_PREFIX
+        ):
             raise RuleError(
                 where,
                 f"{RESERVED_ENV_PREFIX}* variables are Gantry's own (launch spec, runtime mode); "

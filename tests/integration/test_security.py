@@ -169,7 +169,9 @@ def test_unknown_engine_flag_is_refused_with_a_suggestion(tenant: Tenant) -> Non
     assert tenant.space.get("deployment", "attack") is None
 
 
-@pytest.mark.parametrize("name", ["GANTRY_LAUNCH_SPEC", "GANTRY_RUNTIME_MODE", "gantry_host"])
+@pytest.mark.parametrize(
+    "name", ["GANTRY_LAUNCH_SPEC", "GANTRY_RUNTIME_MODE", "gantry_host", "gantry_sim_x"]
+)
 def test_gantry_env_is_refused(tenant: Tenant, name: str) -> None:
     refused(
         tenant,
@@ -252,7 +254,10 @@ def test_accepted_spec_from_the_tenant_is_served(tenant: Tenant) -> None:
     spec = _spec(
         serving={
             "engineArgs": {"enable_prefix_caching": "false", "compilation-config": '{"level":3}'},
-            "env": [{"name": "VLLM_LOGGING_LEVEL", "value": "INFO"}],
+            "env": [
+                {"name": "VLLM_LOGGING_LEVEL", "value": "INFO"},
+                {"name": "GANTRY_SIM_DECODE_TOKENS_PER_S", "value": "40"},
+            ],
         },
         runtime={"resources": {"requests": {"cpu": "4", "memory": "16Gi"}}},
         scheduling={"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "llm"}]},

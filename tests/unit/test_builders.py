@@ -654,13 +654,27 @@ def test_user_env_cannot_break_offline_residency(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["VLLM_NO_USAGE_STATS", "DO_NOT_TRACK", ENV_VAR, "GANTRY_RUNTIME_MODE", "gantry_host"]
+    "name",
+    [
+        "VLLM_NO_USAGE_STATS",
+        "DO_NOT_TRACK",
+        ENV_VAR,
+        "GANTRY_RUNTIME_MODE",
+        "gantry_host",
+        "gantry_sim_x",
+    ],
 )
 def test_user_env_cannot_override_privacy_or_the_launch_spec(name: str) -> None:
     """Refused when the spec is parsed: the builders never refuse anything."""
     online = {"residency": {"offline": False}}
     with pytest.raises(SpecError, match=rf"spec\.serving\.env\[{name}\]"):
         _build("md", _with(serving={"env": [{"name": name, "value": "0"}]}, **online))
+
+
+def test_simulator_knobs_are_the_only_gantry_env_allowed() -> None:
+    env = [{"name": "GANTRY_SIM_DECODE_TOKENS_PER_S", "value": "40"}]
+    parsed, plan = _build("md", _with(serving={"env": env}))
+    assert _env(build_deployment(parsed, plan, owner=OWNER))[env[0]["name"]] == env[0]
 
 
 def test_user_env_overrides_the_rest() -> None:
