@@ -369,7 +369,7 @@ def test_residency_policy_reaches_the_operator(residency: list[dict[str, Any]]) 
     assert policy.allowed_sources == ("pvc", "s3", "image")
     assert policy.runtime_image == f"{MIRROR}/gantry-dev/gantry-runtime:0.1.0-vllm0.33.0"
     assert policy.image_pull_secrets == ("registry-mirror",)
-    assert policy.allowed_registries == (MIRROR,)
+    assert policy.allowed_registries == ("registry.internal.example",)
     assert policy.allowed_s3_endpoints == ("http://minio.storage.svc:9000",)
     assert policy.allowed_egress_endpoints == ("http://otel-collector.monitoring.svc:4317",)
     assert policy.network.enabled is True
