@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from gantry_operator import metrics
+from gantry_operator.policy import parse_policy, registry_allowed
 from hack import chart, sync_chart
 from hack.chart import CHART, ROOT
 
@@ -175,3 +176,24 @@ def test_helm_test_script_passes_on_the_operators_metrics_and_fails_otherwise() 
     finally:
         operator.close()
         other.close()
+
+
+def test_residency_values_are_a_policy_the_operator_accepts() -> None:
+    """values-residency.yaml's residency section, as the policy template passes it through,
+    parses, and its registries allow the runtime image and the example weight image."""
+    values = yaml.safe_load((CHART / "values-residency.yaml").read_text())
+    mirror = values["global"]["imageRegistry"]
+    runtime_image = f"{mirror}/gantry-dev/gantry-runtime:0.1.0-vllm0.33.0"
+    policy = parse_policy({"residency": values["residency"], "runtime": {"image": runtime_image}})
+    assert policy.offline is True
+    assert registry_allowed(runtime_image, policy.allowed_registries)
+    example = yaml.safe_load((ROOT / "deploy" / "examples" / "gpt-oss-20b.yaml").read_text())
+    assert registry_allowed(
+        example["spec"]["source"]["image"]["reference"], policy.allowed_registries
+    )
+    assert not registry_allowed("docker.io/vllm/vllm-openai:latest", policy.allowed_registries)
+    assert policy.allowed_s3_endpoints
+    assert policy.allowed_egress_endpoints
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["residency"]
+    assert defaults["allowedRegistries"] == defaults["allowedS3Endpoints"] == []
+    assert defaults["allowedEgressEndpoints"] == []
