@@ -3,6 +3,7 @@ spelling, values that cannot become a second argument, size caps."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -207,3 +208,9 @@ def test_egress() -> None:
         "otlp-traces-endpoint": ("http://otel.monitoring.svc:4317",),
         "tool-server": ("a.svc:80", "b.svc:81"),
     }
+
+
+def test_the_security_doc_lists_every_protected_and_egress_flag() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    missing = [name for name in (*PROTECTED, *EGRESS) if f"`{name}`" not in doc]
+    assert missing == [], "add them to docs/security.md"
