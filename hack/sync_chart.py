@@ -1,4 +1,5 @@
-"""Copy the canonical deploy/ files into the Helm chart (``charts/gantry/files/``).
+"""Copy the canonical deploy/ files into the Helm chart (``charts/gantry/files/``) and the CRD
+into the operator package (``operator/gantry_operator/crds/``).
 
 The chart renders the ModelDeployment CRD, the ServiceMonitor, PodMonitor, PrometheusRule and
 the Grafana dashboards from copies of the one canonical file each (Helm reads only files inside
@@ -21,6 +22,8 @@ CHART = ROOT / "charts" / "gantry"
 #: (canonical directory, glob, copy directory): every match is copied under its own name.
 SOURCES: tuple[tuple[Path, str, Path], ...] = (
     (ROOT / "deploy" / "crds", "*.yaml", CHART / "files" / "crds"),
+    # The operator package checks specs against the same CRD (gantry_operator/schema.py).
+    (ROOT / "deploy" / "crds", "*.yaml", ROOT / "operator" / "gantry_operator" / "crds"),
     (ROOT / "deploy" / "monitoring", "*.yaml", CHART / "files" / "monitoring"),
     (
         ROOT / "deploy" / "monitoring" / "dashboards",

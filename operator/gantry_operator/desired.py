@@ -106,10 +106,7 @@ def intent(
             ),
         )
     owner = Owner(name=meta["name"], uid=meta["uid"])
-    try:
-        objects = manifests.build_all(spec, plan, owner=owner, network=policy.network)
-    except SpecError as exc:
-        return Intent(generation, spec, plan, Problem("InvalidSpec", str(exc)))
+    objects = manifests.build_all(spec, plan, owner=owner, network=policy.network)
     return Intent(generation, spec, plan, None, tuple(drift.stamp(o) for o in objects))
 
 

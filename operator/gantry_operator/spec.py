@@ -1,9 +1,11 @@
 """Parse a ModelDeployment once into frozen, typed objects with defaults applied.
 
-The CRD schema and its CEL rules already reject malformed input at the API server; this module
-repeats only the checks the schema cannot express (catalog lookups, engine-arg conflicts) and
-raises :class:`SpecError` naming the field and the fix. Builders and the planner take these
-objects, never raw dicts.
+The CRD schema and its CEL rules reject malformed input at the API server; this module refuses
+the same specs again (so ``gantry plan`` / ``gantry render`` and the operator agree): the schema
+through ``schema.py``, the CEL rules that matter for safety through ``spec_rules.py`` (env, GPU
+resources, tolerations, node selectors) and ``engine_args.py`` (vLLM flags), plus what no schema
+can express (catalog lookups, engine-arg conflicts). It raises :class:`SpecError` naming the field
+and the fix. Builders and the planner take these objects, never raw dicts, and never refuse.
 """
 
 from __future__ import annotations
@@ -12,17 +14,17 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from gantry_operator import gpus
+from gantry_operator import gpus, schema, spec_rules
 from gantry_operator.catalog import (
     KV_DTYPE_BYTES,
     ModelArch,
     UnknownModelError,
     arch_from_mapping,
     preset,
-    presets,
 )
+from gantry_operator.engine_args import EngineArgError, parse_engine_args
 
 GROUP = "gantry.dev"
 VERSION = "v1alpha1"
@@ -225,10 +227,16 @@ def parse(
         offline=bool(_get(residency_obj, "offline", True)),
     )
     source = _parse_source(_get(spec, "source", {}), residency)
-    serving = _parse_serving(_get(spec, "serving", {}), arch)
+    serving = _parse_serving(_get(spec, "serving", {}), arch, offline=residency.offline)
     parallelism, serving = _fold_parallel_args(par, serving)
     margin = _get(spec, "serving", {}).get("safetyMarginGiB")
     serving = replace(serving, safety_margin_gib=None if margin is None else float(margin))
+    try:
+        # Everything else the CRD schema refuses, refused here too (after the checks above,
+        # whose messages say more for the fields they cover).
+        schema.validate(spec)
+    except schema.SchemaError as exc:
+        raise SpecError(exc.field_path, str(exc).removeprefix(f"{exc.field_path}: ")) from None
     return ModelDeploymentSpec(
         name=name,
         namespace=namespace,
@@ -248,23 +256,17 @@ def parse(
 
 
 def _fold_parallel_args(par: Mapping[str, Any], serving: Serving) -> tuple[Parallelism, Serving]:
-    """Engine flags about parallelism: expert parallel is a planner input, data parallel is
-    what replicas are for."""
+    """Expert parallel is a planner input (data parallel is a protected flag: replicas are
+    what it would be for)."""
     args = dict(serving.engine_args)
     expert = par.get("expert")
     if "enable-expert-parallel" in args:
-        raw = args.pop("enable-expert-parallel").lower()
+        # parse_engine_args let only "true" or "false" through for this switch.
+        raw = args.pop("enable-expert-parallel")
         field_path = "spec.serving.engineArgs.enable-expert-parallel"
-        if raw not in ("true", "false"):
-            raise SpecError(field_path, f"{raw!r} is not valid: use true or false")
         if expert is not None and expert != (raw == "true"):
             raise SpecError(field_path, f"is {raw} but spec.parallelism.expert is {expert}")
         expert = raw == "true"
-    if args.get("data-parallel-size", "1") != "1":
-        raise SpecError(
-            "spec.serving.engineArgs.data-parallel-size",
-            "would multiply the GPUs of every replica beyond the plan; scale with spec.replicas",
-        )
     parallelism = Parallelism(tensor=par.get("tensor"), pipeline=par.get("pipeline"), expert=expert)
     return parallelism, replace(serving, engine_args=tuple(sorted(args.items())))
 
@@ -288,11 +290,12 @@ def _parse_model(model: Mapping[str, Any]) -> tuple[ModelArch, str | None]:
         ) from None
 
 
-_SOURCE_KINDS: tuple[SourceKind, ...] = ("pvc", "s3", "image", "huggingFace")
+#: Weight source kinds, in the order messages list them (policy.py uses them too).
+SOURCE_KINDS: tuple[SourceKind, ...] = ("pvc", "s3", "image", "huggingFace")
 
 
 def _parse_source(source: Mapping[str, Any], residency: Residency) -> Source:
-    kinds = [k for k in _SOURCE_KINDS if k in source]
+    kinds = [k for k in SOURCE_KINDS if k in source]
     if len(kinds) != 1:
         raise SpecError("spec.source", "set exactly one of pvc, s3, image or huggingFace")
     kind = kinds[0]
@@ -370,7 +373,7 @@ _PLAN_INPUT_FLAGS: dict[str, tuple[str, Callable[[str], Any], str]] = {
 }
 
 
-def _parse_serving(serving: Mapping[str, Any], arch: ModelArch) -> Serving:
+def _parse_serving(serving: Mapping[str, Any], arch: ModelArch, *, offline: bool) -> Serving:
     max_len = serving.get("maxContextLength")
     if max_len is not None and max_len > arch.max_context:
         raise SpecError(
@@ -378,7 +381,10 @@ def _parse_serving(serving: Mapping[str, Any], arch: ModelArch) -> Serving:
             f"{max_len} exceeds {arch.name}'s maximum context of {arch.max_context} tokens; "
             f"set it to {arch.max_context} or less",
         )
-    args = {str(k).removeprefix("--"): str(v) for k, v in _get(serving, "engineArgs", {}).items()}
+    try:
+        args = dict(parse_engine_args(_get(serving, "engineArgs", {})))
+    except EngineArgError as exc:
+        raise SpecError(exc.field_path, str(exc).removeprefix(f"{exc.field_path}: ")) from None
     # Engine flags that are planner inputs are folded into their spec.serving fields, so the
     # plan accounts for them; setting both to different values is a contradiction.
     folded: dict[str, Any] = {}
@@ -399,7 +405,7 @@ def _parse_serving(serving: Mapping[str, Any], arch: ModelArch) -> Serving:
             )
         folded[key] = value
     merged = {**serving, **folded}
-    env = tuple(sorted(_get(serving, "env", ()), key=lambda e: str(e.get("name"))))
+    env = _rule(spec_rules.check_env, "spec.serving.env", _get(serving, "env", ()), offline=offline)
     return Serving(
         max_context_length=max_len,
         target_concurrency=int(_get(serving, "targetConcurrency", 1)),
@@ -413,10 +419,30 @@ def _parse_serving(serving: Mapping[str, Any], arch: ModelArch) -> Serving:
     )
 
 
+_T = TypeVar("_T")
+
+
+def _rule(check: Callable[..., _T], field_path: str, value: Any, **options: Any) -> _T:
+    """Run a spec_rules check, reporting its RuleError as a SpecError."""
+    try:
+        return check(field_path, value, **options)
+    except spec_rules.RuleError as exc:
+        raise SpecError(exc.field_path, str(exc).removeprefix(f"{exc.field_path}: ")) from None
+
+
 def _parse_scheduling(scheduling: Mapping[str, Any]) -> Scheduling:
+    where = "spec.scheduling"
     return Scheduling(
-        node_selector=tuple(sorted(dict(_get(scheduling, "nodeSelector", {})).items())),
-        tolerations=tuple(_get(scheduling, "tolerations", ())),
+        node_selector=_rule(
+            spec_rules.check_node_selector,
+            f"{where}.nodeSelector",
+            dict(_get(scheduling, "nodeSelector", {})),
+        ),
+        tolerations=_rule(
+            spec_rules.check_tolerations,
+            f"{where}.tolerations",
+            _get(scheduling, "tolerations", ()),
+        ),
         affinity=scheduling.get("affinity"),
         priority_class_name=_get(scheduling, "priorityClassName", ""),
     )
@@ -427,21 +453,30 @@ def _parse_runtime(
 ) -> Runtime:
     resources: Mapping[str, Any] = _get(runtime, "resources", {})
     own = tuple(s["name"] for s in _get(runtime, "imagePullSecrets", ()))
+    where = "spec.runtime.resources"
+    requests = _rule(
+        spec_rules.check_resources, f"{where}.requests", _get(resources, "requests", {})
+    )
+    limits = _rule(spec_rules.check_resources, f"{where}.limits", _get(resources, "limits", {}))
+    shm_size = runtime.get("shmSize")
+    if shm_size is not None:
+        _rule(spec_rules.check_shm_size, "spec.runtime.shmSize", shm_size)
     return Runtime(
         image=_get(runtime, "image", default_image),
         image_pull_policy=_get(runtime, "imagePullPolicy", "IfNotPresent"),
-        requests=tuple(sorted((k, str(v)) for k, v in _get(resources, "requests", {}).items())),
-        limits=tuple(sorted((k, str(v)) for k, v in _get(resources, "limits", {}).items())),
-        shm_size=runtime.get("shmSize"),
+        requests=requests,
+        limits=limits,
+        shm_size=shm_size,
         image_pull_secrets=tuple(dict.fromkeys((*own, *cluster_secrets))),
     )
 
 
 # --- The CRD's bounds, enforced again -------------------------------------------------------
 # Every minimum, maximum, enum, length and pattern of deploy/crds/gantry.dev_modeldeployments.yaml
-# under .spec, and its cross-field (CEL) rules, so a spec that did not come through the API
-# server (gantry plan, gantry render) is refused with the same field and range. A unit test keeps
-# this table equal to the CRD file. The engineArgs key rules live with the engine-args parsing.
+# under .spec (read from the packaged copy), and its cross-field (CEL) rules, so a spec that did
+# not come through the API server (gantry plan, gantry render) is refused with the same field and
+# range, in words that name the range. schema.validate then checks the rest of the schema
+# (types, unknown fields, sizes of lists and maps); the engineArgs key rules live in engine_args.
 
 
 BoundKind = Literal["integer", "number", "string"]
@@ -509,71 +544,45 @@ def _num(value: float | None) -> str:
 _PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 
+_BOUND_KEYS = (
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "enum",
+    "minLength",
+    "maxLength",
+    "pattern",
+)
+
+
 @cache
 def bounds() -> dict[str, Bound]:
-    """CRD bounds by field path below ``spec`` (dotted; ``*`` for map values)."""
-    i: BoundKind = "integer"
-    n: BoundKind = "number"
-    s: BoundKind = "string"
-    return {
-        "model.preset": Bound(s, enum=tuple(presets())),
-        "model.servedName": Bound(
-            s, min_length=1, max_length=128, pattern="^[A-Za-z0-9][A-Za-z0-9._/:-]*$"
-        ),
-        "model.custom.name": Bound(s, max_length=128),
-        "model.custom.numLayers": Bound(i, minimum=1),
-        "model.custom.hiddenSize": Bound(i, minimum=1),
-        "model.custom.numAttentionHeads": Bound(i, minimum=1),
-        "model.custom.numKvHeads": Bound(i, minimum=1),
-        "model.custom.headDim": Bound(i, minimum=1),
-        "model.custom.maxContext": Bound(i, minimum=1),
-        "model.custom.weightBytes": Bound(i, minimum=1),
-        "model.custom.weightDtype": Bound(s, enum=("mxfp4", "fp8", "bf16")),
-        "model.custom.attention": Bound(s, enum=("gqa", "mla")),
-        "model.custom.slidingLayers": Bound(i, minimum=0),
-        "model.custom.slidingWindow": Bound(i, minimum=0),
-        "model.custom.mlaLatentDim": Bound(i, minimum=0),
-        "model.custom.numExperts": Bound(i, minimum=0),
-        "model.custom.expertsPerToken": Bound(i, minimum=0),
-        "model.custom.moeIntermediateSize": Bound(i, minimum=0),
-        "model.custom.fp8BlockSize": Bound(i, minimum=0),
-        "model.custom.totalParamsB": Bound(n, minimum=0),
-        "model.custom.activeParamsB": Bound(n, minimum=0),
-        "model.custom.vocabSize": Bound(i, minimum=1),
-        "model.custom.minComputeCapability": Bound(s, pattern=r"^[0-9]+\.[0-9]+$"),
-        "source.pvc.claimName": Bound(s, min_length=1, max_length=253),
-        "source.pvc.path": Bound(s, max_length=1024, pattern=r"^[^.][^\n]*$"),
-        "source.s3.endpoint": Bound(s, pattern="^https?://"),
-        "source.s3.bucket": Bound(s, min_length=3, max_length=63),
-        "source.image.reference": Bound(s, min_length=1),
-        "source.image.pullPolicy": Bound(s, enum=_PULL_POLICIES),
-        "source.huggingFace.repo": Bound(s, pattern="^[A-Za-z0-9._-]+/[A-Za-z0-9._-]+$"),
-        "source.sha256.*": Bound(s, pattern="^[a-f0-9]{64}$"),
-        "gpu.type": Bound(s, enum=tuple(gpus.PROFILES)),
-        "gpu.count": Bound(i, minimum=1, maximum=128),
-        "gpu.perNode": Bound(i, minimum=1, maximum=16),
-        "parallelism.tensor": Bound(i, minimum=1, maximum=64),
-        "parallelism.pipeline": Bound(i, minimum=1, maximum=16),
-        "serving.maxContextLength": Bound(i, minimum=256),
-        "serving.targetConcurrency": Bound(i, minimum=1, maximum=4096),
-        "serving.maxNumSeqs": Bound(i, minimum=1, maximum=4096),
-        "serving.gpuMemoryUtilization": Bound(n, minimum=0.5, maximum=0.98),
-        "serving.kvCacheDtype": Bound(s, enum=("auto", "fp8")),
-        "serving.maxNumBatchedTokens": Bound(i, minimum=256),
-        "serving.shutdownTimeoutSeconds": Bound(i, minimum=0, maximum=3600),
-        "serving.safetyMarginGiB": Bound(n, minimum=0, maximum=64),
-        "serving.env[].name": Bound(s, min_length=1),
-        "replicas": Bound(i, minimum=0),
-        "autoscaling.minReplicas": Bound(i, minimum=0),
-        "autoscaling.maxReplicas": Bound(i, minimum=1),
-        "autoscaling.metric": Bound(s, enum=("queueDepth", "kvCacheUsage")),
-        "autoscaling.target": Bound(n, minimum=0, exclusive_minimum=True),
-        "autoscaling.scaleUpDelaySeconds": Bound(i, minimum=0, maximum=3600),
-        "autoscaling.scaleDownDelaySeconds": Bound(i, minimum=0, maximum=86400),
-        "residency.regions[]": Bound(s, min_length=1),
-        "runtime.imagePullPolicy": Bound(s, enum=_PULL_POLICIES),
-        "runtime.shmSize": Bound(s, pattern="^[0-9]+(Mi|Gi)$"),
-    }
+    """CRD bounds by field path below ``spec`` (dotted; ``[]`` list items, ``*`` map values),
+    read from the packaged copy of the CRD (:mod:`gantry_operator.schema`)."""
+    return _bounds(schema.spec_schema(), "")
+
+
+def _bounds(node: Mapping[str, Any], path: str) -> dict[str, Bound]:
+    found: dict[str, Bound] = {}
+    kind = node.get("type")
+    if kind in ("integer", "number", "string") and any(k in node for k in _BOUND_KEYS):
+        found[path] = Bound(
+            kind,
+            minimum=node.get("minimum"),
+            maximum=node.get("maximum"),
+            exclusive_minimum=bool(node.get("exclusiveMinimum", False)),
+            enum=tuple(node.get("enum") or ()),
+            min_length=node.get("minLength"),
+            max_length=node.get("maxLength"),
+            pattern=node.get("pattern"),
+        )
+    for key, child in (node.get("properties") or {}).items():
+        found |= _bounds(child, f"{path}.{key}" if path else key)
+    if isinstance(node.get("items"), Mapping):
+        found |= _bounds(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), Mapping):
+        found |= _bounds(node["additionalProperties"], f"{path}.*")
+    return found
 
 
 def _values(obj: Any, parts: list[str], path: str) -> list[tuple[str, Any]]:

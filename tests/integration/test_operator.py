@@ -119,7 +119,7 @@ BAD_INPUT = {
     ),
     "gpu-in-resources": (
         _bad(runtime={"resources": {"limits": {"nvidia.com/gpu": "1"}}}),
-        "must not request GPUs; Gantry sets them from the plan",
+        "must not name accelerators (GPUs of any vendor, MIG profiles, TPUs, Gaudi, Neuron)",
     ),
     "count-vs-tensor": (
         _bad(gpu={"type": "H100-80GB", "count": 3}, parallelism={"tensor": 2}),

@@ -570,36 +570,25 @@ def test_startup_probe_covers_a_slow_load() -> None:
 @pytest.mark.parametrize(
     "flag", ["tensor-parallel-size", "pipeline-parallel-size", "max-model-len"]
 )
-def test_engine_args_contradicting_the_plan(flag: str) -> None:
-    parsed, plan = _build("md", _with(serving={"engineArgs": {flag: "4"}}))
-    assert plan.tensor_parallel_size == 1
-    assert plan.pipeline_parallel_size == 1
+@pytest.mark.parametrize("planned", [False, True])
+def test_engine_args_the_plan_owns_are_refused_at_parse(flag: str, planned: bool) -> None:
+    """Even the value the plan would choose: the spec fields exist for these, and a builder
+    never has to decide whether engineArgs contradict the plan."""
+    value = {"tensor-parallel-size": "1", "pipeline-parallel-size": "1"}.get(flag, "131072")
     with pytest.raises(SpecError) as info:
-        build_all(parsed, plan, owner=OWNER)
+        _build("md", _with(serving={"engineArgs": {flag: value if planned else "4"}}))
     assert info.value.field_path == f"spec.serving.engineArgs.{flag}"
-    assert "contradicts the plan" in str(info.value)
+    assert "protected" in str(info.value)
 
 
-def test_tensor_parallel_4_when_the_plan_says_2() -> None:
+def test_tensor_parallel_4_in_underscore_spelling_when_the_plan_says_2() -> None:
     name, spec = ALL_CASES["example-gpt-oss-120b"]
     spec = copy.deepcopy(spec)
-    spec["serving"]["engineArgs"]["tensor-parallel-size"] = "4"
-    parsed, plan = _build(name, spec)
-    assert plan.tensor_parallel_size == 2
+    spec["serving"]["engineArgs"]["tensor_parallel_size"] = "4"
     with pytest.raises(SpecError) as info:
-        launch_spec(parsed, plan)
-    assert info.value.field_path == "spec.serving.engineArgs.tensor-parallel-size"
-    assert "(tensor-parallel-size=2)" in str(info.value)
-
-
-def test_engine_args_agreeing_with_the_plan_are_accepted_once() -> None:
-    parsed, plan = _build(
-        "md",
-        _with(serving={"engineArgs": {"tensor-parallel-size": "1", "max-model-len": "131072"}}),
-    )
-    argv = vllm_argv(launch_spec(parsed, plan))
-    assert argv.count("--tensor-parallel-size") == 1
-    assert argv.count("--max-model-len") == 1
+        _build(name, spec)
+    assert info.value.field_path == "spec.serving.engineArgs.tensor_parallel_size"
+    assert "spec.parallelism.tensor" in str(info.value)
 
 
 def test_boolean_engine_args_become_switches() -> None:
@@ -607,9 +596,13 @@ def test_boolean_engine_args_become_switches() -> None:
         "enable-prefix-caching": "false",
         "enforce-eager": "true",
         "async-scheduling": "False",
-        "disable-log-stats": "TRUE",
+        "disable-log-stats": "TRUE",  # a bare store_true flag
+        "headless": "false",  # protected, even at its default
         "seed": "7",
     }
+    with pytest.raises(SpecError, match=r"engineArgs\.headless: .*protected"):
+        _build("md", _with(serving={"engineArgs": args}))
+    del args["headless"]
     parsed, plan = _build("md", _with(serving={"engineArgs": args}))
     launch = launch_spec(parsed, plan)
     assert launch.extra_args == (
@@ -628,6 +621,15 @@ def test_boolean_engine_args_become_switches() -> None:
         "--seed",
         "7",
     ]
+    # A store_true flag set to false is its default: it is left out, never --no-<flag>.
+    parsed, plan = _build("md", _with(serving={"engineArgs": {"disable-log-stats": "false"}}))
+    assert launch_spec(parsed, plan).extra_args == ()
+
+
+def test_engine_arg_values_that_take_a_value_stay_values() -> None:
+    """A flag that takes a value keeps "true" as its value instead of becoming a switch."""
+    parsed, plan = _build("md", _with(serving={"engineArgs": {"tool-server": "true"}}))
+    assert launch_spec(parsed, plan).extra_args == (("--tool-server", "true"),)
 
 
 def test_engine_args_override_catalog_parsers() -> None:
@@ -643,21 +645,36 @@ def test_engine_args_override_catalog_parsers() -> None:
 
 @pytest.mark.parametrize("name", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
 def test_user_env_cannot_break_offline_residency(name: str) -> None:
-    parsed, plan = _build("md", _with(serving={"env": [{"name": name, "value": "0"}]}))
     with pytest.raises(SpecError) as info:
-        build_all(parsed, plan, owner=OWNER)
+        _build("md", _with(serving={"env": [{"name": name, "value": "0"}]}))
     assert info.value.field_path == f"spec.serving.env[{name}]"
     # Repeating Gantry's own value is harmless.
     parsed, plan = _build("md", _with(serving={"env": [{"name": name, "value": "1"}]}))
     assert _env(build_deployment(parsed, plan, owner=OWNER))[name]["value"] == "1"
 
 
-@pytest.mark.parametrize("name", ["VLLM_NO_USAGE_STATS", "DO_NOT_TRACK", ENV_VAR])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "VLLM_NO_USAGE_STATS",
+        "DO_NOT_TRACK",
+        ENV_VAR,
+        "GANTRY_RUNTIME_MODE",
+        "gantry_host",
+        "gantry_sim_x",
+    ],
+)
 def test_user_env_cannot_override_privacy_or_the_launch_spec(name: str) -> None:
+    """Refused when the spec is parsed: the builders never refuse anything."""
     online = {"residency": {"offline": False}}
-    parsed, plan = _build("md", _with(serving={"env": [{"name": name, "value": "0"}]}, **online))
     with pytest.raises(SpecError, match=rf"spec\.serving\.env\[{name}\]"):
-        build_all(parsed, plan, owner=OWNER)
+        _build("md", _with(serving={"env": [{"name": name, "value": "0"}]}, **online))
+
+
+def test_simulator_knobs_are_the_only_gantry_env_allowed() -> None:
+    env = [{"name": "GANTRY_SIM_DECODE_TOKENS_PER_S", "value": "40"}]
+    parsed, plan = _build("md", _with(serving={"env": env}))
+    assert _env(build_deployment(parsed, plan, owner=OWNER))[env[0]["name"]] == env[0]
 
 
 def test_user_env_overrides_the_rest() -> None:

@@ -26,7 +26,7 @@ from gantry_operator.catalog import ModelArch, presets
 KEYWORDS = {
     "type", "description", "properties", "items", "required", "enum", "default", "format",
     "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength",
-    "pattern", "additionalProperties", "anyOf", "minItems", "maxItems", "nullable",
+    "pattern", "additionalProperties", "anyOf", "minItems", "maxItems", "nullable", "maxProperties",
     "x-kubernetes-validations", "x-kubernetes-preserve-unknown-fields",
     "x-kubernetes-int-or-string", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
 }  # fmt: skip

@@ -10,7 +10,7 @@ import pytest
 
 from gantry_operator import gpus, manifests, planner
 from gantry_operator.catalog import preset
-from gantry_operator.policy import Policy, load_policy, parse_policy
+from gantry_operator.policy import Policy, PolicyViolation, load_policy, parse_policy
 from gantry_operator.spec import SpecError, parse
 
 OWNER = manifests.Owner(name="m", uid="u")
@@ -127,5 +127,132 @@ def test_expert_parallel_engine_arg_is_a_planner_input(spec_dict: dict[str, Any]
 
 
 def test_data_parallel_engine_arg_is_rejected(spec_dict: dict[str, Any]) -> None:
-    with pytest.raises(SpecError, match=r"engineArgs\.data-parallel-size: .* spec\.replicas"):
+    with pytest.raises(SpecError, match=r"engineArgs\.data-parallel-size: .*protected.*replicas"):
         _spec(spec_dict, serving={"engineArgs": {"data-parallel-size": "2"}})
+
+
+RESIDENT = parse_policy(
+    {
+        "residency": {
+            "offline": True,
+            "allowedRegistries": ["registry.internal", "mirror.example/gantry"],
+            "allowedS3Endpoints": ["http://minio.storage.svc:9000"],
+            "allowedEgressEndpoints": ["http://otel.monitoring.svc:4317"],
+        },
+        "runtime": {"image": "registry.internal/gantry-runtime:1"},
+    }
+)
+
+
+def _resident(spec_dict: dict[str, Any], **changes: Any) -> Any:
+    return parse("m", "ns", {**spec_dict, **changes}, runtime_image=RESIDENT.runtime_image)
+
+
+def test_policy_violation_is_a_spec_error(spec_dict: dict[str, Any]) -> None:
+    with pytest.raises(PolicyViolation) as info:
+        POLICY.check(_spec(spec_dict))
+    assert isinstance(info.value, SpecError)
+
+
+@pytest.mark.parametrize(
+    ("reference", "allowed"),
+    [
+        ("registry.internal/gantry-runtime:1", True),
+        ("registry.internal/deep/path/x@sha256:" + "a" * 64, True),
+        ("mirror.example/gantry/runtime:2", True),
+        ("mirror.example/other/runtime:2", False),  # path prefix, not string prefix
+        ("mirror.example/gantryx/runtime:2", False),
+        ("registry.internal.evil.example/x:1", False),
+        ("ghcr.io/gantry-dev/gantry-runtime:0.1.0", False),
+        ("vllm/vllm-openai:latest", False),  # docker.io
+        ("docker.io/library/busybox", False),
+    ],
+)
+def test_offline_runtime_image_must_come_from_an_allowed_registry(
+    spec_dict: dict[str, Any], reference: str, allowed: bool
+) -> None:
+    spec = _resident(spec_dict, runtime={"image": reference})
+    if allowed:
+        RESIDENT.check(spec)
+        return
+    with pytest.raises(PolicyViolation) as info:
+        RESIDENT.check(spec)
+    assert info.value.field_path == "spec.runtime.image"
+    assert "use one of registry.internal, mirror.example/gantry" in str(info.value)
+
+
+def test_offline_weight_image_must_come_from_an_allowed_registry(
+    spec_dict: dict[str, Any],
+) -> None:
+    good = _resident(spec_dict, source={"image": {"reference": "registry.internal/w:1"}})
+    RESIDENT.check(good)
+    bad = _resident(spec_dict, source={"image": {"reference": "docker.io/evil/weights:1"}})
+    with pytest.raises(PolicyViolation, match=r"^spec\.source\.image\.reference: docker\.io"):
+        RESIDENT.check(bad)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "allowed"),
+    [
+        ("http://minio.storage.svc:9000", True),
+        ("http://MINIO.storage.svc:9000/", True),
+        ("https://minio.storage.svc:9000", False),
+        ("http://minio.storage.svc:9001", False),
+        ("https://s3.amazonaws.com", False),
+        ("https://s3.eu-west-1.amazonaws.com", False),
+    ],
+)
+def test_offline_s3_endpoint_must_be_allowed(
+    spec_dict: dict[str, Any], endpoint: str, allowed: bool
+) -> None:
+    spec = _resident(spec_dict, source={"s3": {"endpoint": endpoint, "bucket": "models"}})
+    if allowed:
+        RESIDENT.check(spec)
+        return
+    with pytest.raises(PolicyViolation) as info:
+        RESIDENT.check(spec)
+    assert info.value.field_path == "spec.source.s3.endpoint"
+    assert "use one of http://minio.storage.svc:9000" in str(info.value)
+
+
+def test_online_specs_are_not_held_to_the_offline_lists(spec_dict: dict[str, Any]) -> None:
+    online_policy = parse_policy(
+        {"residency": {"allowedRegistries": ["registry.internal"], "offline": False}}
+    )
+    spec = _spec(spec_dict, residency={"offline": False}, runtime={"image": "ghcr.io/x/y:1"})
+    online_policy.check(spec)
+    with pytest.raises(PolicyViolation, match=r"spec\.runtime\.image"):
+        online_policy.check(_spec(spec_dict, runtime={"image": "ghcr.io/x/y:1"}))
+
+
+def test_egress_flags_are_refused_while_offline_unless_allowed(spec_dict: dict[str, Any]) -> None:
+    otlp = {"otlp-traces-endpoint": "http://collector.example.com:4317"}
+    with pytest.raises(PolicyViolation) as info:
+        Policy().check(_spec(spec_dict, serving={"engineArgs": otlp}))
+    assert info.value.field_path == "spec.serving.engineArgs.otlp-traces-endpoint"
+    assert "allowed endpoints: none" in str(info.value)
+    allowed = {"otlp-traces-endpoint": "http://otel.monitoring.svc:4317"}
+    RESIDENT.check(_resident(spec_dict, serving={"engineArgs": allowed}))
+    detailed = {**allowed, "collect-detailed-traces": "all"}
+    RESIDENT.check(_resident(spec_dict, serving={"engineArgs": detailed}))
+    with pytest.raises(PolicyViolation, match=r"engineArgs\.collect-detailed-traces: .*collector"):
+        RESIDENT.check(
+            _resident(spec_dict, serving={"engineArgs": {**otlp, "collect-detailed-traces": "all"}})
+        )
+    with pytest.raises(PolicyViolation, match=r"engineArgs\.tool-server: sends data to demo"):
+        RESIDENT.check(_resident(spec_dict, serving={"engineArgs": {"tool-server": "demo"}}))
+    # Online deployments (in a cluster whose policy allows it) may export traces anywhere.
+    Policy().check(_spec(spec_dict, residency={"offline": False}, serving={"engineArgs": otlp}))
+
+
+def test_the_offline_default_runtime_image_must_be_allowed() -> None:
+    with pytest.raises(ValueError, match=r"runtime\.image ghcr\.io/.*allowedRegistries \(registry"):
+        parse_policy({"residency": {"offline": True, "allowedRegistries": ["registry.internal"]}})
+    with pytest.raises(ValueError, match="allowedS3Endpoints must be a list"):
+        parse_policy({"residency": {"allowedS3Endpoints": "http://x"}})
+
+
+def test_source_kinds_are_defined_once() -> None:
+    from gantry_operator import policy, spec
+
+    assert vars(policy)["SOURCE_KINDS"] is spec.SOURCE_KINDS  # imported, not a second copy

@@ -4,35 +4,20 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+from gantry_operator.engine_args import render
 from gantry_operator.manifests.common import COMPONENT_RUNTIME, Owner, metadata, selector_labels
 from gantry_operator.planner import Plan
-from gantry_operator.spec import MODEL_MOUNT, ModelDeploymentSpec, SpecError
+from gantry_operator.spec import MODEL_MOUNT, ModelDeploymentSpec
+from gantry_operator.spec_rules import OFFLINE_ENV, PRIVACY_ENV
 from gantry_runtime.launchspec import ENV_VAR, PORT, LaunchSpec
 
 CACHE_DIR = "/var/cache/gantry"
 RUNTIME_UID = 1000
 REGION_LABEL = "topology.kubernetes.io/region"
-#: Engine flags whose value comes from the plan: the user may repeat them only with that value.
-PLAN_FLAGS: dict[str, Callable[[Plan], str]] = {
-    "tensor-parallel-size": lambda p: str(p.tensor_parallel_size),
-    "pipeline-parallel-size": lambda p: str(p.pipeline_parallel_size),
-    "max-model-len": lambda p: str(p.max_model_len),
-}
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-#: vLLM's usage reporting is always off: nothing leaves the cluster.
-PRIVACY_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 PROBE_PERIOD_SECONDS = 10
-
-
-def _flag_value(flag: str, value: str) -> tuple[str, str | None]:
-    if value.lower() == "true":
-        return (f"--{flag}", None)
-    if value.lower() == "false":
-        return (f"--no-{flag}", None)
-    return (f"--{flag}", value)
 
 
 def _model_location(spec: ModelDeploymentSpec) -> tuple[str, str | None, str | None, bool]:
@@ -48,15 +33,9 @@ def _model_location(spec: ModelDeploymentSpec) -> tuple[str, str | None, str | N
 
 
 def launch_spec(spec: ModelDeploymentSpec, plan: Plan) -> LaunchSpec:
-    """What the runtime starts; raises SpecError when engineArgs contradict the plan."""
+    """What the runtime starts. The engine args were checked by spec parsing (flags the plan
+    sets are protected there), so nothing here can contradict the plan."""
     args = dict(spec.serving.engine_args)
-    for flag, planned in PLAN_FLAGS.items():
-        if flag in args and args.pop(flag) != planned(plan):
-            raise SpecError(
-                f"spec.serving.engineArgs.{flag}",
-                f"contradicts the plan ({flag}={planned(plan)}); remove it and set "
-                "spec.parallelism or spec.serving.maxContextLength instead",
-            )
     model = spec.model
     tool_parser = args.pop("tool-call-parser", model.tool_call_parser)
     reasoning_parser = args.pop("reasoning-parser", model.reasoning_parser)
@@ -81,7 +60,7 @@ def launch_spec(spec: ModelDeploymentSpec, plan: Plan) -> LaunchSpec:
         revision=revision,
         verify_local_weights=local,
         sha256=dict(spec.source.sha256),
-        extra_args=tuple(_flag_value(k, v) for k, v in sorted(args.items())),
+        extra_args=tuple(render(k, v) for k, v in sorted(args.items())),
     )
 
 
@@ -93,7 +72,7 @@ def _secret_env(name: str, secret: str, key: str, *, optional: bool = False) -> 
 
 
 def build_env(spec: ModelDeploymentSpec, launch: LaunchSpec) -> list[dict[str, Any]]:
-    """Container env: ours, then the user's by name (user wins unless it breaks residency)."""
+    """Container env: ours, then the user's by name (parsing refused what may not be set)."""
     ours: dict[str, dict[str, Any]] = {}
 
     def put(name: str, value: str) -> None:
@@ -124,17 +103,10 @@ def build_env(spec: ModelDeploymentSpec, launch: LaunchSpec) -> list[dict[str, A
                 ours[key] = _secret_env(key, src.credentials_secret, key)
     if src.kind == "huggingFace" and src.token_secret:
         ours["HF_TOKEN"] = _secret_env("HF_TOKEN", src.token_secret, "HF_TOKEN")
-    protected = {ENV_VAR} | set(PRIVACY_ENV)
-    if spec.residency.offline:
-        protected |= set(OFFLINE_ENV)
+    # spec parsing refused GANTRY_* names and any other value for the residency and privacy
+    # variables (spec_rules.check_env), so the user's entries can simply win.
     for item in spec.serving.env:
-        name = str(item["name"])
-        if name in protected and dict(item) != ours[name]:
-            raise SpecError(
-                f"spec.serving.env[{name}]",
-                "is set by Gantry for the residency policy or the plan and cannot be overridden",
-            )
-        ours[name] = dict(item)
+        ours[str(item["name"])] = dict(item)
     return [ours[name] for name in sorted(ours)]
 
 
