@@ -18,9 +18,11 @@ from typing import Any, TextIO
 
 import yaml
 
-from gantry_operator import gpus, manifests, planner
+from gantry_operator import desired, gpus, manifests, planner
 from gantry_operator.catalog import presets
+from gantry_operator.config import OperatorConfig
 from gantry_operator.gpus import GIB
+from gantry_operator.policy import load_policy
 from gantry_operator.spec import KIND, ModelDeploymentSpec, SpecError, parse
 from gantry_runtime.launchspec import vllm_argv
 
@@ -207,27 +209,29 @@ def _render(args: argparse.Namespace, out: TextIO) -> int:
         if Path(args.file).is_dir()
         else [args.file]
     )
+    config = OperatorConfig(policy=load_policy(args.policy))
     objects: list[dict[str, Any]] = []
     for path in paths:
         for doc in _documents(path):
             if doc.get("kind") != KIND:
                 continue
             meta = doc.get("metadata") or {}
-            try:
-                spec = parse(
-                    meta.get("name", ""),
-                    meta.get("namespace") or args.namespace,
-                    doc.get("spec") or {},
-                )
-                plan = planner.plan(spec)
-                owner = manifests.Owner(name=spec.name, uid=RENDER_UID)
-                children = manifests.build_all(spec, plan, owner=owner)
-            except (SpecError, planner.DoesNotFitError) as exc:
-                out.write(f"gantry render: {path}: {meta.get('name')}: {exc}\n")
+            md = {
+                "metadata": {
+                    "name": meta.get("name", ""),
+                    "namespace": meta.get("namespace") or args.namespace,
+                    "uid": RENDER_UID,
+                    "generation": 1,
+                },
+                "spec": doc.get("spec") or {},
+            }
+            # The operator's own decision: spec, cluster policy, fit, multi-node, builders.
+            want = desired.intent(md, config)
+            if want.problem is not None or want.spec is None or want.plan is None:
+                problem = want.problem.message if want.problem else "cannot be served"
+                out.write(f"gantry render: {path}: {meta.get('name')}: {problem}\n")
                 return 1
-            if plan.nodes_per_replica > 1:  # as the operator: condition NeedsMultiNode
-                out.write(f"gantry render: {path}: {meta.get('name')}: {plan.multi_node}\n")
-                return 1
+            spec, plan, children = want.spec, want.plan, [dict(o) for o in want.objects]
             if args.argv:
                 out.write(f"# {spec.name}: {plan.summary}\n")
                 out.write(shlex.join(vllm_argv(manifests.launch_spec(spec, plan))) + "\n")
@@ -283,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--namespace", "-n", default="default", help="namespace for manifests without one"
     )
     r.add_argument("--argv", action="store_true", help="print the vllm serve command line instead")
+    r.add_argument(
+        "--policy", default=None, help="cluster policy file to check against (as the operator)"
+    )
     r.add_argument("-o", "--output", choices=["json", "yaml"], default="yaml", help="format")
     return parser
 

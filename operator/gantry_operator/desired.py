@@ -100,8 +100,7 @@ def intent(
             plan,
             Problem(
                 "NeedsMultiNode",
-                f"the plan needs {plan.nodes_per_replica} nodes per replica ({plan.summary}); "
-                "multi-node replicas are not served yet: choose a GPU type with more memory "
+                f"{plan.multi_node}; to serve it now choose a GPU type with more memory "
                 "(for example H200 or B200) or a smaller model",
             ),
         )
