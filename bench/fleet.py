@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -47,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from gantry_operator import k8s, status  # noqa: E402
 from gantry_operator.config import OperatorConfig  # noqa: E402
 from gantry_operator.desired import intent  # noqa: E402
+from gantry_operator.spec import GROUP, PLURAL, VERSION  # noqa: E402
 from localcluster import build, nodes  # noqa: E402
 from localcluster.cluster import LocalCluster  # noqa: E402
 from localcluster.operator_process import CRD, OperatorProcess  # noqa: E402
@@ -168,10 +170,11 @@ def floor(cluster: LocalCluster, namespace: str, count: int) -> float:
 def floor_loop(namespace: str, count: int) -> float:
     """The bare loop: read, plan, apply the children, apply status; sequential."""
     config = OperatorConfig()
+    kubernetes.config.load_kube_config()
+    api = kubernetes.client.CustomObjectsApi()
     started = time.monotonic()
     for i in range(count):
-        md = k8s.get("ModelDeployment", namespace, f"md-{i:04d}")
-        assert md is not None
+        md = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, f"md-{i:04d}")
         want = intent(md, config)
         for obj in want.objects:
             k8s.apply(obj)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -15,7 +15,7 @@ from gantry_operator import metrics
 from gantry_operator.autoscaling.loop import Autoscaler
 from gantry_operator.config import OperatorConfig
 from gantry_operator.reconcile import Reconciler
-from gantry_operator.store import MODEL_DEPLOYMENT, Key, Store, key_of, owner_key
+from gantry_operator.store import MODEL_DEPLOYMENT, POD, Key, Store, key_of, owner_key, slim
 from gantry_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -49,22 +49,32 @@ class Controller:
         self.store.put(MODEL_DEPLOYMENT, obj)
         self._enqueue(key)
 
+    def child_seen(self, kind: str, obj: Mapping[str, Any]) -> None:
+        """A child kind's object as listed or changed (kopf index: before any reconcile runs,
+        every child kind's initial listing is in the store)."""
+        self.store.put(kind, obj if kind == POD else slim(obj))
+
     def child_event(self, kind: str, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        """Any event of a child kind: forget the deleted, queue the ModelDeployment concerned
+        (its controller, or one of the same name: a conflict may have come or gone)."""
         if event_type == "DELETED":
             self.store.remove(kind, obj)
-        else:
-            self.store.put(kind, obj)
-        owner = owner_key(kind, obj)
-        if owner is not None and self.store.get(MODEL_DEPLOYMENT, owner) is not None:
-            self._enqueue(owner)
+        keys = {owner_key(kind, obj)} | ({key_of(obj)} if kind != POD else set())
+        for owner in keys:
+            if owner is not None and self.store.get(MODEL_DEPLOYMENT, owner) is not None:
+                self._enqueue(owner)
 
-    def node_event(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
-        """A GPU node: the pool's GPUs per node are a planner input."""
+    def node_seen(self, obj: Mapping[str, Any]) -> None:
+        """A node as listed or changed (kopf index: the pool is known before any reconcile)."""
+        self._pool_changed(lambda: self.store.put_node(obj))
+
+    def node_deleted(self, obj: Mapping[str, Any]) -> None:
+        self._pool_changed(lambda: self.store.remove_node(obj))
+
+    def _pool_changed(self, change: Callable[[], None]) -> None:
+        """Apply ``change``; the node pool is a planner input, so a real change replans all."""
         before = self.store.pool_version
-        if event_type == "DELETED":
-            self.store.remove_node(obj)
-        else:
-            self.store.put_node(obj)
+        change()
         if self.store.pool_version != before:
             for md in self.store.model_deployments():
                 self._enqueue(key_of(md))

@@ -58,9 +58,8 @@ class ObjectRef:
 @dataclass(frozen=True)
 class Decision:
     intent: Intent
-    #: Stamped objects to server-side apply, in order; ``creates`` marks those not seen yet.
+    #: Stamped objects to server-side apply, in order.
     apply: tuple[Mapping[str, Any], ...] = ()
-    creates: frozenset[str] = frozenset()
     #: Owned children to delete (each with its own uid as a precondition).
     delete: tuple[ObjectRef, ...] = ()
     #: Same-named children controlled by someone else: left untouched, reported.
@@ -109,7 +108,7 @@ def intent(
     return Intent(generation, spec, plan, None, tuple(drift.stamp(o) for o in objects))
 
 
-def describe_conflict(obj: Mapping[str, Any]) -> str:
+def _describe_conflict(obj: Mapping[str, Any]) -> str:
     ref = (obj.get("metadata") or {}).get("ownerReferences") or []
     owner = next((f"{r['kind']} {r['name']}" for r in ref if r.get("controller")), None)
     by = f"controlled by {owner}" if owner else "not created by Gantry"
@@ -120,16 +119,13 @@ def decide(want: Intent, children: Children, uid: str) -> Decision:
     if want.problem:
         return Decision(want)
     apply: list[Mapping[str, Any]] = []
-    creates: set[str] = set()
     conflicts: list[str] = []
     for obj in want.objects:
         seen = children.get(obj["kind"])
         if seen is not None and not owned_by(seen, uid):
-            conflicts.append(describe_conflict(seen))
+            conflicts.append(_describe_conflict(seen))
         elif drift.differs(obj, seen):
             apply.append(obj)
-            if seen is None:
-                creates.add(obj["kind"])
     if conflicts:  # nothing half-applied: the conflict is resolved first
         return Decision(want, conflicts=tuple(conflicts))
     wanted = {obj["kind"] for obj in want.objects}
@@ -144,4 +140,4 @@ def decide(want: Intent, children: Children, uid: str) -> Decision:
         for kind, api_version in CHILD_KINDS.items()
         if kind not in wanted and (seen := children.get(kind)) is not None and owned_by(seen, uid)
     )
-    return Decision(want, tuple(apply), frozenset(creates), delete, tuple(conflicts))
+    return Decision(want, tuple(apply), delete, tuple(conflicts))

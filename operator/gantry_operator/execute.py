@@ -1,10 +1,9 @@
 """Do exactly what a :class:`~gantry_operator.desired.Decision` says, and nothing else.
 
-Before creating a child that the watch has not seen, the executor reads that one name: an
-object there that this ModelDeployment does not control is a conflict, and then nothing is
-written. Applies are forced server-side applies (we control every object applied); deletes
-carry the object's uid as a precondition. A write the API server refuses ends the execution
-and is reported, quoting the server.
+Applies are forced server-side applies (the decision applies only objects this ModelDeployment
+controls, or that do not exist: the store holds every object of the child kinds, Gantry's or
+not); deletes carry the object's uid as a precondition. A write the API server refuses ends
+the execution and is reported, quoting the server.
 """
 
 from __future__ import annotations
@@ -12,9 +11,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from gantry_operator import drift, k8s
-from gantry_operator.desired import Decision, describe_conflict
-from gantry_operator.store import Store, owned_by
+from gantry_operator import k8s
+from gantry_operator.desired import Decision
+from gantry_operator.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -28,25 +27,11 @@ class Outcome:
     rejected: str | None = None
 
 
-def execute(decision: Decision, uid: str, store: Store) -> Outcome:
-    conflicts = list(decision.conflicts)
-    todo = []
-    for obj in decision.apply:
-        if obj["kind"] in decision.creates:
-            meta = obj["metadata"]
-            existing = k8s.get(obj["kind"], meta["namespace"], meta["name"])
-            if existing is not None and not owned_by(existing, uid):
-                conflicts.append(describe_conflict(existing))
-                continue
-            if existing is not None:  # ours, not in the watch yet (operator start-up)
-                store.put(obj["kind"], existing)
-                if not drift.differs(obj, existing):
-                    continue
-        todo.append(obj)
-    if conflicts:
-        return Outcome(conflicts=tuple(conflicts))
+def execute(decision: Decision, store: Store) -> Outcome:
+    if decision.conflicts:
+        return Outcome(conflicts=decision.conflicts)
     applied: list[str] = []
-    for obj in todo:
+    for obj in decision.apply:
         meta = obj["metadata"]
         try:
             result = k8s.apply(obj)

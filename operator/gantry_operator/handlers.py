@@ -1,5 +1,10 @@
-"""kopf handlers: decorators only. Watch events go to the controller, which keeps the store and
-queues the one level-triggered reconcile; nothing here reads or writes the API."""
+"""kopf handlers: decorators only. Nothing here reads or writes the API.
+
+Every child kind is fed to the controller's store through a kopf index handler: kopf runs
+index handlers for every kind's initial listing before it runs any other handler, so no
+reconcile ever starts on a partial view (no child seen as missing at start-up). Event handlers
+then forget deleted objects and queue the one level-triggered reconcile.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,13 @@ from gantry_operator.spec import GROUP, PLURAL, VERSION
 from gantry_operator.store import POD
 
 CHILD_LABELS = {"app.kubernetes.io/managed-by": "gantry"}
+#: Child kinds: (group, version, plural) -> kind. All objects are indexed, not only Gantry's:
+#: a same-named object of someone else must be known to be left alone.
+CHILDREN = {
+    ("apps", "v1", "deployments"): "Deployment",
+    ("", "v1", "services"): "Service",
+    ("policy", "v1", "poddisruptionbudgets"): "PodDisruptionBudget",
+}
 
 
 def _controller(memo: kopf.Memo) -> Controller:
@@ -34,41 +46,41 @@ async def model_deployment(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> N
     _controller(memo).model_deployment_event(event["type"], event["object"])
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
-async def deployment(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _controller(memo).child_event("Deployment", event["type"], event["object"])
+def _watch_child(group: str, version: str, plural: str, kind: str, **filters: Any) -> None:
+    resource = (f"{group}/{version}" if group else version, plural)
+
+    async def seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        _controller(memo).child_seen(kind, dict(body))
+
+    async def changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        _controller(memo).child_event(kind, event["type"], event["object"])
+
+    kopf.index(*resource, id=f"{plural}-store", **filters)(seen)
+    kopf.on.event(*resource, id=f"{plural}-events", **filters)(changed)
 
 
-@kopf.on.event("v1", "services", labels=CHILD_LABELS)
-async def service(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _controller(memo).child_event("Service", event["type"], event["object"])
-
-
-@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=CHILD_LABELS)
-async def pod_disruption_budget(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _controller(memo).child_event("PodDisruptionBudget", event["type"], event["object"])
-
-
-async def network_policy(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _controller(memo).child_event("NetworkPolicy", event["type"], event["object"])
-
-
-async def node(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _controller(memo).node_event(event["type"], event["object"])
-
-
-def watch_nodes() -> None:
-    """GPU nodes (the pool's GPUs per node, for the planner): only when serving the whole
-    cluster; a namespace-scoped operator has no cluster-wide access and uses the profiles."""
-    kopf.on.event("v1", "nodes")(node)
+for (_group, _version, _plural), _kind in CHILDREN.items():
+    _watch_child(_group, _version, _plural, _kind)
+_watch_child("", "v1", "pods", POD, labels=CHILD_LABELS)
 
 
 def watch_network_policies() -> None:
     """NetworkPolicies are watched only when the cluster policy has the operator make them
     (without it the operator needs, and has, no access to them)."""
-    kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=CHILD_LABELS)(network_policy)
+    _watch_child("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
 
 
-@kopf.on.event("v1", "pods", labels=CHILD_LABELS)
-async def pod(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _controller(memo).child_event(POD, event["type"], event["object"])
+async def node_seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _controller(memo).node_seen(dict(body))
+
+
+async def node_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    if event["type"] == "DELETED":
+        _controller(memo).node_deleted(event["object"])
+
+
+def watch_nodes() -> None:
+    """Nodes (the pool's GPUs per node, a planner input): only when serving the whole
+    cluster; a namespace-scoped operator has no cluster-wide access and uses the profiles."""
+    kopf.index("v1", "nodes", id="nodes-store")(node_seen)
+    kopf.on.event("v1", "nodes", id="nodes-events")(node_event)

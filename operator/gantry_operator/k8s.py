@@ -1,7 +1,6 @@
 """The only module that talks to the Kubernetes API (kubernetes client, server-side apply).
 
-Reads come from watches (kopf, see :mod:`gantry_operator.store`); this module writes, and
-reads one object only where the watch cannot know (a same-named object we do not watch).
+Reads come from watches (kopf, see :mod:`gantry_operator.store`); this module only writes.
 Every request has a deadline, so a stopping operator never waits on a hung connection.
 """
 
@@ -121,15 +120,6 @@ def apply(obj: Mapping[str, Any], *, manager: str = OPERATOR) -> dict[str, Any]:
         )
     except ApiException as exc:
         raise _translate(exc, obj["kind"], meta["namespace"], meta["name"]) from None
-
-
-def get(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        return _call("GET", _path(kind, namespace, name))
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
 
 
 def delete(kind: str, namespace: str, name: str, *, uid: str) -> bool:

@@ -93,7 +93,7 @@ class Reconciler:
         uid = meta["uid"]
         want = self.intent(md)
         decision = desired.decide(want, self.store.children(key), uid)
-        outcome = execute(decision, uid, self.store) if _writes(decision) else Outcome()
+        outcome = execute(decision, self.store) if _writes(decision) else Outcome()
         observed = _observe(md, want, outcome, self.store.children(key))
         previous: Mapping[str, Any] = md.get("status") or {}
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

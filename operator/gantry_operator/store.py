@@ -1,9 +1,11 @@
 """The operator's view of the cluster: the latest object of every watched kind, fed by watch
 events (never by polling). Reconciles and the autoscaler read it instead of the API server.
 
-Objects are the raw API dicts. Children are found by their owner: the controller
-ownerReference for Deployments, Services, PDBs and NetworkPolicies, the
-``gantry.dev/model-deployment`` label for pods (their owner is a ReplicaSet).
+Objects are the raw API dicts. Children are found by name (a child is named like its
+ModelDeployment) and judged by their controller ownerReference; pods by the
+``gantry.dev/model-deployment`` label (their owner is a ReplicaSet). Objects of the child kinds
+that Gantry did not label are kept too, slimmed to their metadata, so that a same-named object
+of someone else is known without asking the API server.
 """
 
 from __future__ import annotations
@@ -29,6 +31,20 @@ CHILD_KINDS: dict[str, str] = {
 POD = "Pod"
 NODE = "Node"
 MD_LABEL = "gantry.dev/model-deployment"
+MANAGED = ("app.kubernetes.io/managed-by", "gantry")
+
+
+def slim(obj: Obj) -> Obj:
+    """What is kept of an object Gantry did not make: enough to name it and its owner."""
+    if obj["metadata"].get("labels", {}).get(MANAGED[0]) == MANAGED[1]:
+        return obj
+    meta = obj["metadata"]
+    keep = ("name", "namespace", "uid", "resourceVersion", "ownerReferences")
+    return {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "metadata": {k: meta[k] for k in keep if k in meta},
+    }
 
 
 def key_of(obj: Obj) -> Key:

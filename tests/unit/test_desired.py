@@ -50,7 +50,6 @@ def test_nothing_exists_everything_is_created_in_order() -> None:
     want = intent(model_deployment(replicas=2), OperatorConfig())
     decision = decide(want, Children(), UID)
     assert kinds(decision) == ["Deployment", "Service", "PodDisruptionBudget"]
-    assert decision.creates == {"Deployment", "Service", "PodDisruptionBudget"}
     assert not decision.delete
     assert not decision.conflicts
 
@@ -76,7 +75,6 @@ def test_a_spec_change_rewrites_only_the_children_it_changes() -> None:
     new = intent(md, OperatorConfig())
     decision = decide(new, children(old), UID)
     assert kinds(decision) == ["Deployment"]
-    assert decision.creates == frozenset()
 
 
 def test_someone_elses_object_of_the_same_name_is_left_alone() -> None:
