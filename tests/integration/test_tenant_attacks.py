@@ -143,22 +143,12 @@ def test_a_child_the_api_server_refuses_becomes_a_condition(
     tenant.apply(model("good"))
     ns.wait_condition("good", "Ready", "True", "AllReplicasReady")
     generation = ns.get("md", "good")["metadata"]["generation"]
-    bogus = {
-        "podAntiAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": [
-                {
-                    "topologyKey": "kubernetes.io/hostname",
-                    "labelSelector": {
-                        "matchExpressions": [{"key": "app", "operator": "Bogus", "values": ["x"]}]
-                    },
-                }
-            ]
-        }
-    }
-    tenant.apply(model("good", scheduling={"affinity": bogus}))
+    # A memory request above the memory limit Gantry sets: the CRD and the spec rules accept
+    # it (each value is a fine quantity); the Deployment API refuses the pair.
+    tenant.apply(model("good", runtime={"resources": {"requests": {"memory": "4000Gi"}}}))
     cond = ns.wait_condition("good", "Degraded", "True", "ChildRejected")
     assert "Deployment good" in cond["message"]
-    assert "Bogus" in cond["message"]  # the API server's own words
+    assert "must be less than or equal to memory limit" in cond["message"]  # the server's words
     md = ns.get("md", "good")
     # The spec was not applied: observedGeneration stays, the last good workload serves.
     assert md["status"]["observedGeneration"] == generation
