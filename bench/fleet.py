@@ -215,10 +215,7 @@ def local_cluster(extra_nodes: int) -> Iterator[LocalCluster]:
         for start in range(0, len(fleet), 40):
             nodes.create(cluster, fleet[start : start + 40], timeout=180)
         cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-        cluster.kubectl(
-            "wait", "--for=condition=Established", "crd/modeldeployments.gantry.dev",
-            "--timeout=60s",
-        )  # fmt: skip
+        cluster.wait_established("modeldeployments.gantry.dev")
         yield cluster
 
 

@@ -44,6 +44,7 @@ from typing import Any
 import yaml
 
 from localcluster import build, pki, procs
+from localcluster.polling import wait_for
 
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 #: Covers every fake node's ``spec.podCIDR`` (see :mod:`localcluster.nodes`).
@@ -371,6 +372,18 @@ class LocalCluster:
     def kubectl_json(self, *args: str) -> Any:
         """``kubectl <args> -o json`` parsed."""
         return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+    def wait_established(self, *crds: str, timeout: float = 60.0) -> None:
+        """Wait until every named CRD is Established. (``kubectl wait`` fails at once while a
+        large CRD has no status yet, so this polls.)"""
+
+        def established(name: str) -> bool:
+            crd = self.kubectl_json("get", f"crd/{name}")
+            conditions = crd.get("status", {}).get("conditions") or []
+            return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+        for name in crds:
+            wait_for(lambda name=name: established(name), timeout, f"CRD {name} not Established")
 
     def token_kubeconfig(self, token: str, path: Path, user: str = "token-user") -> Path:
         """Write a kubeconfig at ``path`` that authenticates with ``token`` only.

@@ -104,7 +104,7 @@ def up(state_dir: Path) -> int:
     _say(f"creating {len(nodes.NODES)} fake GPU nodes")
     nodes.create(cluster)
     cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.gantry.dev")
+    cluster.wait_established("modeldeployments.gantry.dev")
     cluster.kubectl("create", "namespace", NAMESPACE)
     cluster.kubectl("apply", "-f", "-", input=models_volume(NAMESPACE))
     _say("starting the operator and the process runner (a vLLM simulator per runtime pod)")

@@ -72,16 +72,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 @pytest.fixture(scope="session")
 def crd(cluster: LocalCluster) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(CRD))
-
-    def established() -> bool:
-        # Not `kubectl wait`: it fails at once while the CRD has no status.conditions yet.
-        crd = json.loads(
-            cluster.kubectl("get", "crd/modeldeployments.gantry.dev", "-o", "json").stdout
-        )
-        conditions = crd.get("status", {}).get("conditions") or []
-        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
-
-    wait_for(established, 60, "the ModelDeployment CRD was not Established")
+    cluster.wait_established("modeldeployments.gantry.dev")
 
 
 @pytest.fixture(scope="session")

@@ -228,12 +228,7 @@ def test_rendered_chart_passes_server_side_dry_run(audited: LocalCluster, values
     # The peering object's kind must exist for the server to validate it (Helm installs crds/
     # first for the same reason); the ModelDeployment CRD itself is validated as a dry run.
     audited.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(kopf_crds))
-    audited.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        *(f"crd/{c['metadata']['name']}" for c in kopf_crds),
-    )
+    audited.wait_established(*(c["metadata"]["name"] for c in kopf_crds))
     for namespace in {o["metadata"].get("namespace") for o in objects} - {None}:
         audited.kubectl("create", "namespace", namespace, check=False)
     unserved = [o for o in objects if o["apiVersion"].startswith(PROMETHEUS_OPERATOR_GROUP)]
