@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import json
 import os
@@ -383,7 +384,7 @@ class LocalCluster:
             return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
         for name in crds:
-            wait_for(lambda name=name: established(name), timeout, f"CRD {name} not Established")
+            wait_for(functools.partial(established, name), timeout, f"{name} not Established")
 
     def token_kubeconfig(self, token: str, path: Path, user: str = "token-user") -> Path:
         """Write a kubeconfig at ``path`` that authenticates with ``token`` only.
