@@ -29,4 +29,7 @@ class OperatorConfig:
     autoscale_seconds: float = 10.0
     #: ModelDeployments reconciled at once (one object is never reconciled twice at once).
     workers: int = 8
+    #: Seconds between two reconciles of one object: the burst of events of a rollout
+    #: coalesces into one reconcile (and one status write) per interval.
+    min_reconcile_interval: float = 0.5
     scrape: ScrapeLimits = field(default_factory=ScrapeLimits)

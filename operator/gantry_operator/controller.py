@@ -44,6 +44,8 @@ class Controller:
             self.store.remove(MODEL_DEPLOYMENT, obj)
             self.reconciler.forget(str(obj["metadata"].get("uid")))
             self.autoscaler.forget(key)
+            if self.queue is not None:
+                self.queue.forget(key)
             metrics.forget(*key)
             return
         self.store.put(MODEL_DEPLOYMENT, obj)
@@ -85,7 +87,11 @@ class Controller:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
-        self.queue = WorkQueue(self._reconcile, workers=self.config.workers)
+        self.queue = WorkQueue(
+            self._reconcile,
+            workers=self.config.workers,
+            min_interval=self.config.min_reconcile_interval,
+        )
         self.queue.start()
         self._tasks = [
             asyncio.create_task(self._resync(), name="gantry-resync"),

@@ -4,6 +4,8 @@
 * A key added while it is being processed runs once more afterwards, not once per event.
 * One key is never processed twice at once; up to ``workers`` different keys run together.
 * A key whose processing raised is retried with exponential backoff (1 s doubling to 60 s).
+* A key runs at most once per ``min_interval`` seconds: the events of a rollout (the child's
+  creation, its status, its pods) arriving within that time lead to one reconcile.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ class WorkQueue(Generic[K]):
         *,
         workers: int,
         base_backoff: float = 1.0,
+        min_interval: float = 0.0,
     ) -> None:
         self._process = process
         self._base_backoff = base_backoff
+        self._min_interval = min_interval
+        self._last_start: dict[K, float] = {}
         self._workers = workers
         self._queue: asyncio.Queue[K] = asyncio.Queue()
         self._queued: set[K] = set()
@@ -41,7 +46,17 @@ class WorkQueue(Generic[K]):
             self._dirty.add(key)
         elif key not in self._queued:
             self._queued.add(key)
-            self._queue.put_nowait(key)
+            loop = asyncio.get_running_loop()
+            wait = self._last_start.get(key, -self._min_interval) + self._min_interval - loop.time()
+            if wait > 0:
+                loop.call_later(wait, self._queue.put_nowait, key)
+            else:
+                self._queue.put_nowait(key)
+
+    def forget(self, key: K) -> None:
+        """Drop what is remembered of a key that is gone."""
+        self._last_start.pop(key, None)
+        self._failures.pop(key, None)
 
     def __len__(self) -> int:
         return len(self._queued) + len(self._running)
@@ -63,6 +78,7 @@ class WorkQueue(Generic[K]):
             key = await self._queue.get()
             self._queued.discard(key)
             self._running.add(key)
+            self._last_start[key] = asyncio.get_running_loop().time()
             try:
                 await self._process(key)
                 self._failures.pop(key, None)

@@ -84,3 +84,27 @@ def test_a_failed_key_is_retried_with_backoff() -> None:
         return attempts
 
     assert asyncio.run(scenario()) == 3
+
+
+def test_a_key_runs_at_most_once_per_min_interval() -> None:
+    async def scenario() -> list[float]:
+        starts: list[float] = []
+        loop = asyncio.get_running_loop()
+
+        async def process(_key: str) -> None:
+            starts.append(loop.time())
+
+        queue: WorkQueue[str] = WorkQueue(process, workers=2, min_interval=0.3)
+        queue.start()
+        queue.add("a")
+        await asyncio.sleep(0.05)
+        for _ in range(20):  # a rollout's events, just after the first reconcile
+            queue.add("a")
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)
+        await queue.stop()
+        return starts
+
+    starts = asyncio.run(scenario())
+    assert len(starts) == 2
+    assert starts[1] - starts[0] >= 0.3
