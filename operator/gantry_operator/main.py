@@ -73,6 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--workers", type=int, default=8, help="ModelDeployments reconciled at once"
     )
     parser.add_argument(
+        "--min-reconcile-interval",
+        type=float,
+        default=0.5,
+        help="seconds between two reconciles of one object (bursts of events coalesce)",
+    )
+    parser.add_argument(
         "--scrape-max-bytes",
         type=int,
         default=ScrapeLimits.max_bytes,
@@ -98,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resync_seconds=args.resync_seconds,
         autoscale_seconds=args.autoscale_seconds,
         workers=args.workers,
+        min_reconcile_interval=args.min_reconcile_interval,
         scrape=ScrapeLimits(max_bytes=args.scrape_max_bytes, deadline_seconds=args.scrape_deadline),
     )
     host, _, port = args.metrics_address.rpartition(":")
