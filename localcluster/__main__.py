@@ -162,9 +162,7 @@ def _print_env(cluster: LocalCluster) -> None:
 def cmd_env(args: argparse.Namespace) -> int:
     cluster = _attached(args.state_dir)
     if cluster is None:
-        print(
-            f"# no cluster in {args.state_dir}: run `python -m localcluster up`", file=sys.stderr
-        )
+        print(f"# no cluster in {args.state_dir}: run `python -m localcluster up`", file=sys.stderr)
         return 1
     _print_env(cluster)
     return 0
