@@ -598,6 +598,8 @@ class ProcessRunner:
         if child.process.alive():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(child.process.pid, sig)  # it leads its own session
+        if sig == signal.SIGKILL and child.target.real:
+            kill_session(child.process.pid)
 
     def stop_processes(self) -> None:
         """SIGTERM every process, SIGKILL what outlives its grace period, wait for all."""
@@ -614,6 +616,10 @@ class ProcessRunner:
             on_kill=lambda p: self._say(f"{p.name} ignored SIGTERM for {grace:.0f}s: killed"),
         )
         for child in children:
+            if child.target.real:
+                # vLLM runs in a process group of its own (gantry-runtime forwards signals to
+                # it); its processes share the runtime's session.
+                kill_session(child.process.pid)
             self._record("stopped", child.target)
 
     def _record(self, what: str, target: PodTarget, detail: str = "") -> None:
@@ -621,6 +627,24 @@ class ProcessRunner:
         suffix = f" {detail}" if detail else ""
         kind = "real vLLM" if target.real else "simulator"
         self._say(f"{what} {kind} for pod {target.namespace}/{target.name} on {target.ip}{suffix}")
+
+
+def kill_session(sid: int) -> int:
+    """SIGKILL every process left in session ``sid``; returns how many were signalled."""
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command name: state, ppid, pgrp, session.
+        if int(fields[3]) == sid and int(proc.name) != os.getpid():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed += 1
+    return killed
 
 
 # -- detached, for `python -m localcluster runner` -------------------------------------------
