@@ -267,6 +267,24 @@ async def _wait_all(sequences: Sequence[SimRequest]) -> None:
         notify.clear()
 
 
+@dataclass(frozen=True)
+class Envelope:
+    """The fields every response and stream chunk of one request shares, as vLLM sends them."""
+
+    id: str
+    created: int
+    model: str
+
+    @classmethod
+    def new(cls, prefix: str, model: str) -> Envelope:
+        return cls(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), model)
+
+    def body(self, kind: str, choices: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+        """``{"id", "object": kind, "created", "model", "choices", **fields}``."""
+        head = {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+        return {**head, "choices": choices, **fields}
+
+
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt_tokens,
@@ -378,9 +396,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     sequences = _new_sequences(
         state, [prompt], body, requested=requested, default=None, stream=stream
     )
-    request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
-    model = config.model_name
+    envelope = Envelope.new("chatcmpl", config.model_name)
 
     with Generation(state, sequences) as generation:
         if not stream:
@@ -406,29 +422,20 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 for index, seq in enumerate(sequences)
             ]
             return json_response(
-                {
-                    "id": request_id,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": model,
-                    "choices": choices,
-                    "service_tier": None,
-                    "system_fingerprint": None,
-                    "usage": _usage(prompt.tokens, generation.completion_tokens()),
-                    "prompt_logprobs": None,
-                    "prompt_token_ids": None,
-                    "kv_transfer_params": None,
-                }
+                envelope.body(
+                    "chat.completion",
+                    choices,
+                    service_tier=None,
+                    system_fingerprint=None,
+                    usage=_usage(prompt.tokens, generation.completion_tokens()),
+                    prompt_logprobs=None,
+                    prompt_token_ids=None,
+                    kv_transfer_params=None,
+                )
             )
 
         def chunk(choice: dict[str, Any], index: int) -> dict[str, Any]:
-            out: dict[str, Any] = {
-                "id": request_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [choice],
-            }
+            out = envelope.body("chat.completion.chunk", [choice])
             if continuous:
                 generated = sequences[index].generated
                 out["usage"] = _usage(prompt.tokens, generated)
@@ -456,14 +463,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         def usage_chunk() -> dict[str, Any] | None:
             if not include_usage:
                 return None
-            return {
-                "id": request_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": _usage(prompt.tokens, generation.completion_tokens()),
-            }
+            usage = _usage(prompt.tokens, generation.completion_tokens())
+            return envelope.body("chat.completion.chunk", [], usage=usage)
 
         return await _stream(request, generation, make_chunks, usage_chunk)
 
@@ -484,9 +485,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         default=COMPLETIONS_DEFAULT_MAX_TOKENS,
         stream=stream,
     )
-    request_id = f"cmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
-    model = config.model_name
+    envelope = Envelope.new("cmpl", config.model_name)
     prompt_tokens = _prompt_total(prompts)
 
     with Generation(state, sequences) as generation:
@@ -505,37 +504,27 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 for index, seq in enumerate(sequences)
             ]
             return json_response(
-                {
-                    "id": request_id,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model,
-                    "choices": choices,
-                    "service_tier": None,
-                    "system_fingerprint": None,
-                    "usage": _usage(prompt_tokens, generation.completion_tokens()),
-                    "kv_transfer_params": None,
-                }
+                envelope.body(
+                    "text_completion",
+                    choices,
+                    service_tier=None,
+                    system_fingerprint=None,
+                    usage=_usage(prompt_tokens, generation.completion_tokens()),
+                    kv_transfer_params=None,
+                )
             )
 
         def make_chunks(
             index: int, text: str, reason: str | None, first: bool
         ) -> list[dict[str, Any]]:
-            out: dict[str, Any] = {
-                "id": request_id,
-                "object": "text_completion",
-                "created": created,
-                "model": model,
-                "choices": [
-                    {
-                        "index": index,
-                        "text": text,
-                        "logprobs": None,
-                        "finish_reason": reason,
-                        "stop_reason": None,
-                    }
-                ],
+            choice = {
+                "index": index,
+                "text": text,
+                "logprobs": None,
+                "finish_reason": reason,
+                "stop_reason": None,
             }
+            out = envelope.body("text_completion", [choice])
             if continuous:
                 seq = sequences[index]
                 out["usage"] = _usage(seq.prompt_tokens, seq.generated)
@@ -544,14 +533,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
         def usage_chunk() -> dict[str, Any] | None:
             if not include_usage:
                 return None
-            return {
-                "id": request_id,
-                "object": "text_completion",
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": _usage(prompt_tokens, generation.completion_tokens()),
-            }
+            usage = _usage(prompt_tokens, generation.completion_tokens())
+            return envelope.body("text_completion", [], usage=usage)
 
         return await _stream(request, generation, make_chunks, usage_chunk)
 
