@@ -119,10 +119,10 @@ def shim_dir(base: Path) -> Path:
 def stage_model(models_dir: Path, rel: str, family: str) -> Path:
     """``<models_dir>/<rel>``: symlinks to the cached tiny model's files (made if missing)."""
     target = models_dir / rel
-    if target.exists():
+    if (target / "config.json").exists():
         return target
     source = tiny_models.ensure_tiny_model(family)
-    target.mkdir(parents=True)
+    target.mkdir(parents=True, exist_ok=True)
     for path in source.iterdir():
         (target / path.name).symlink_to(path)
     return target
@@ -177,8 +177,10 @@ def prepare(
     model = spec.model
     if model == MODEL_MOUNT or model.startswith(MODEL_MOUNT + "/"):
         rel = PurePosixPath(model).relative_to(MODEL_MOUNT).as_posix()
-        local_model = models_dir / rel
-        if not local_model.exists():
+        local_model = models_dir / rel if rel != "." else models_dir
+        if not local_model.exists() or not any(local_model.iterdir()):
+            # Missing or empty: the tiny model of the preset's family. A folder with anything
+            # in it is used as it is (a test may have broken it on purpose).
             family = family_of()
             stage_model(models_dir, rel, family)
             notes.append(f"staged the tiny {family} model as {local_model}")

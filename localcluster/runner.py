@@ -678,6 +678,7 @@ def start_detached(
     *,
     knobs: Mapping[str, str] = FAST_KNOBS,
     namespaces: Sequence[str] = (),
+    models_dir: Path | None = None,
 ) -> procs.ManagedProcess:
     """Start a runner that outlives this process, logs under ``state_dir/logs``; record it."""
     running = detached(state_dir)
@@ -691,6 +692,7 @@ def start_detached(
         f"--log-dir={state_dir / 'logs' / 'runtime'}",
         *(f"--knob={name}={value}" for name, value in knobs.items()),
         *(f"--namespace={namespace}" for namespace in namespaces),
+        *([f"--models-dir={models_dir}"] if models_dir else []),
     ]
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     process = procs.spawn(
@@ -748,6 +750,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help=f"simulator env default (repeatable; defaults: {dict(FAST_KNOBS)})",
     )
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        help="the model volume's stand-in for real-vLLM pods (default: <log-dir>/models)",
+    )
     parser.add_argument("--interval", type=float, default=POLL_SECONDS)
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE)
     args = parser.parse_args(argv)
@@ -763,6 +770,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespaces=args.namespace,
         interval=args.interval,
         grace=args.grace,
+        models_dir=args.models_dir,
     )
     try:
         with runner:
