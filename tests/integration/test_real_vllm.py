@@ -346,7 +346,7 @@ async def _load(ns: Namespace, runner: ProcessRunner, load: Load, clients: int) 
                 await client.chat.completions.create(
                     model=NAME,
                     messages=[{"role": "user", "content": f"client {number} turn {turn}"}],
-                    max_tokens=64,
+                    max_tokens=32,
                 )
             except openai.APIError as error:
                 load.errors.append(f"{ip}: {error!r}")
@@ -371,7 +371,7 @@ def test_a_real_burst_scales_up_prometheus_reads_every_vllm_query_and_scales_bac
     began = time.monotonic()
     with Scraper(deployed, operator, tmp_path / "prometheus") as prom:
         thread = threading.Thread(
-            target=asyncio.run, args=(_load(deployed, real_runner, load, 8),), daemon=True
+            target=asyncio.run, args=(_load(deployed, real_runner, load, 4),), daemon=True
         )
         thread.start()
         try:
