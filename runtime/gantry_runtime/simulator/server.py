@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -99,6 +100,12 @@ class ServerState:
     metrics: SimMetrics
     filler: FillerText
     created: int
+
+    @property
+    def fingerprint(self) -> str:
+        """``system_fingerprint``: vLLM's version and a hash of the engine's configuration."""
+        digest = hashlib.sha256(repr(self.config).encode()).hexdigest()[:8]
+        return f"vllm-{VLLM_VERSION}-{digest}"
 
 
 STATE_KEY = web.AppKey("state", ServerState)
@@ -285,13 +292,32 @@ class Envelope:
         return {**head, "choices": choices, **fields}
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    return {
+def _usage(
+    prompt_tokens: int,
+    completion_tokens: int,
+    *,
+    details: dict[str, int] | None = None,
+    stream: bool = False,
+    chat: bool = False,
+) -> dict[str, Any]:
+    """vLLM's ``UsageInfo`` as it serialises it: in full in a response body; in a stream chunk
+    only the fields it set (``completion_tokens_details`` is set by chat)."""
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "completion_tokens": completion_tokens,
-        "prompt_tokens_details": None,
     }
+    if not stream:
+        usage["prompt_tokens_details"] = None
+        usage["completion_tokens_details"] = details
+    elif chat:
+        usage["completion_tokens_details"] = details
+    return usage
+
+
+def _final_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """The usage-only last chunk: vLLM drops its null fields."""
+    return {k: v for k, v in usage.items() if v is not None}
 
 
 def _prompt_total(prompts: Sequence[Prompt]) -> int:
@@ -397,6 +423,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         state, [prompt], body, requested=requested, default=None, stream=stream
     )
     envelope = Envelope.new("chatcmpl", config.model_name)
+    details = {"reasoning_tokens": 0} if config.reasoning_parser else None
 
     with Generation(state, sequences) as generation:
         if not stream:
@@ -418,6 +445,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     "finish_reason": seq.finish_reason,
                     "stop_reason": None,
                     "token_ids": None,
+                    "routed_experts": None,
                 }
                 for index, seq in enumerate(sequences)
             ]
@@ -426,11 +454,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     "chat.completion",
                     choices,
                     service_tier=None,
-                    system_fingerprint=None,
-                    usage=_usage(prompt.tokens, generation.completion_tokens()),
+                    system_fingerprint=state.fingerprint,
+                    usage=_usage(prompt.tokens, generation.completion_tokens(), details=details),
                     prompt_logprobs=None,
                     prompt_token_ids=None,
+                    prompt_text=None,
                     kv_transfer_params=None,
+                    ec_transfer_params=None,
+                    metrics=None,
                 )
             )
 
@@ -438,7 +469,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             out = envelope.body("chat.completion.chunk", [choice])
             if continuous:
                 generated = sequences[index].generated
-                out["usage"] = _usage(prompt.tokens, generated)
+                out["usage"] = _usage(
+                    prompt.tokens, generated, details=details, stream=True, chat=True
+                )
             return out
 
         def make_chunks(
@@ -448,7 +481,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             if first:
                 role = {"role": "assistant", "content": ""}
                 choice0 = {"index": index, "delta": role, "logprobs": None, "finish_reason": None}
-                chunks.append(chunk(choice0, index))
+                chunks.append(
+                    {**chunk(choice0, index), "prompt_token_ids": None, "prompt_text": None}
+                )
             choice: dict[str, Any] = {
                 "index": index,
                 "delta": {"content": text},
@@ -457,14 +492,26 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             }
             if reason is not None:
                 choice["stop_reason"] = None
+                choice["token_ids"] = None
             chunks.append(chunk(choice, index))
             return chunks
 
         def usage_chunk() -> dict[str, Any] | None:
             if not include_usage:
                 return None
-            usage = _usage(prompt.tokens, generation.completion_tokens())
-            return envelope.body("chat.completion.chunk", [], usage=usage)
+            usage = _usage(
+                prompt.tokens,
+                generation.completion_tokens(),
+                details=details,
+                stream=True,
+                chat=True,
+            )
+            return envelope.body(
+                "chat.completion.chunk",
+                [],
+                usage=_final_usage(usage),
+                system_fingerprint=state.fingerprint,
+            )
 
         return await _stream(request, generation, make_chunks, usage_chunk)
 
@@ -499,7 +546,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
                     "logprobs": None,
                     "finish_reason": seq.finish_reason,
                     "stop_reason": None,
+                    "token_ids": None,
                     "prompt_logprobs": None,
+                    "prompt_token_ids": None,
+                    "routed_experts": None,
                 }
                 for index, seq in enumerate(sequences)
             ]
@@ -508,9 +558,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
                     "text_completion",
                     choices,
                     service_tier=None,
-                    system_fingerprint=None,
+                    system_fingerprint=state.fingerprint,
                     usage=_usage(prompt_tokens, generation.completion_tokens()),
                     kv_transfer_params=None,
+                    ec_transfer_params=None,
+                    metrics=None,
                 )
             )
 
@@ -523,18 +575,25 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 "logprobs": None,
                 "finish_reason": reason,
                 "stop_reason": None,
+                "prompt_token_ids": None,
+                "token_ids": None,
             }
             out = envelope.body("text_completion", [choice])
             if continuous:
                 seq = sequences[index]
-                out["usage"] = _usage(seq.prompt_tokens, seq.generated)
+                out["usage"] = _usage(seq.prompt_tokens, seq.generated, stream=True)
             return [out]
 
         def usage_chunk() -> dict[str, Any] | None:
             if not include_usage:
                 return None
-            usage = _usage(prompt_tokens, generation.completion_tokens())
-            return envelope.body("text_completion", [], usage=usage)
+            usage = _usage(prompt_tokens, generation.completion_tokens(), stream=True)
+            return envelope.body(
+                "text_completion",
+                [],
+                usage=_final_usage(usage),
+                system_fingerprint=state.fingerprint,
+            )
 
         return await _stream(request, generation, make_chunks, usage_chunk)
 
