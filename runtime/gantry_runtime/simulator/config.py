@@ -78,6 +78,8 @@ class SimConfig:
     #: vLLM reports ``completion_tokens_details.reasoning_tokens`` in chat usage only when a
     #: reasoning parser is set (the simulator never reasons: always 0).
     reasoning_parser: str | None = None
+    #: With a tool parser vLLM registers ``vllm:tool_call_parser_invocations``.
+    tool_call_parser: str | None = None
 
     @property
     def model_name(self) -> str:
@@ -146,6 +148,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add("--gpu-memory-utilization", type=float, default=0.92)
     add("--kv-cache-dtype", default="auto")
     add("--reasoning-parser", default=None)
+    add("--tool-call-parser", default=None)
     add("--config", default=None)
     add("--gantry-kv-cache-tokens", type=human_readable_int, default=None)
     return parser
@@ -345,6 +348,7 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> S
         knobs=knobs,
         ignored_args=tuple(unknown),
         reasoning_parser=ns.reasoning_parser or None,
+        tool_call_parser=ns.tool_call_parser or None,
     )
 
 

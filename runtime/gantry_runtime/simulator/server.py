@@ -424,6 +424,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     )
     envelope = Envelope.new("chatcmpl", config.model_name)
     details = {"reasoning_tokens": 0} if config.reasoning_parser else None
+    # vLLM runs its tool parser over the output of requests that offer tools (auto choice).
+    parsed = state.metrics.tool_parser_invocations if body.get("tools") else {}
+    if body.get("tool_choice") == "none":
+        parsed = {}
 
     with Generation(state, sequences) as generation:
         if not stream:
@@ -449,6 +453,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 }
                 for index, seq in enumerate(sequences)
             ]
+            if "non_streaming" in parsed:
+                parsed["non_streaming"].inc(len(choices))
             return json_response(
                 envelope.body(
                     "chat.completion",
@@ -494,6 +500,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 choice["stop_reason"] = None
                 choice["token_ids"] = None
             chunks.append(chunk(choice, index))
+            if "streaming" in parsed:
+                parsed["streaming"].inc()
             return chunks
 
         def usage_chunk() -> dict[str, Any] | None:
