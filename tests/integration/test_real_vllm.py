@@ -431,6 +431,66 @@ def _vllm_queries_without_data(prom: Scraper, ns: Namespace) -> dict[tuple[str, 
         time.sleep(3)
 
 
+def _session_commands(sid: int) -> list[str]:
+    """Command lines of the processes in session ``sid`` (a pod's launcher and its vLLM)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            found.append(command.strip())
+    return found
+
+
+def test_tensor_parallel_2_runs_two_real_workers(
+    real_ns: Namespace, real_runner: ProcessRunner, models_dir: Path
+) -> None:
+    """gpt-oss-120b's plan on H100s is TP 2: vLLM's CPU build runs it as two worker processes
+    (gloo), from a tiny gpt-oss the runner stages for the preset by itself."""
+    name = "gpt-oss-120b"
+    md: dict[str, Any] = yaml.safe_load((ROOT / "deploy" / "examples" / f"{name}.yaml").read_text())
+    md["spec"]["source"] = {"pvc": {"claimName": "models", "path": name}}
+    md["spec"]["replicas"] = 1
+    md["spec"]["serving"]["env"] = [{"name": realvllm.MODE_VAR, "value": realvllm.REAL}]
+    assert not (models_dir / name).exists()
+    assert real_ns.apply(md).returncode == 0
+    selector = f"gantry.dev/model-deployment={name}"
+
+    def ready_ip() -> str | None:
+        alive = {p.ip for p in real_runner.processes().values() if p.alive}
+        for pod in pods(real_ns, selector):
+            ip = pod["status"].get("podIP", "")
+            if is_ready(pod) and ip in alive and healthy(ip):
+                return str(ip)
+        return None
+
+    ip = wait_for(ready_ip, START, "the TP 2 real server Ready")
+    assert ip is not None
+    (pod,) = pods(real_ns, selector)
+    process = process_for(real_runner, pod["metadata"]["name"])
+    log = process.log.read_text()
+    assert "--tensor-parallel-size 2" in next(
+        line for line in log.splitlines() if line.startswith("vllm serve ")
+    )
+    assert f"staged the tiny gpt-oss model as {models_dir / name}" in log
+    workers = [c for c in _session_commands(process.pid) if c.startswith("VLLM::Worker_TP")]
+    assert sorted(workers) == ["VLLM::Worker_TP0", "VLLM::Worker_TP1"], workers
+    client = openai.OpenAI(base_url=f"http://{ip}:8000/v1", api_key="x", max_retries=0, timeout=120)
+    reply = client.chat.completions.create(
+        model=name, messages=[{"role": "user", "content": "Hello"}], tools=TOOLS, max_tokens=8
+    )
+    assert reply.choices[0].finish_reason in ("length", "stop", "tool_calls")
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens <= 8
+    real_ns.kubectl("delete", "md", name, "--wait=true", "--timeout=60s")
+    wait_for(lambda: not pods(real_ns, selector), SETTLE, "the TP 2 pod gone")
+
+
 def test_sigterm_drains_in_flight_requests(deployed: Namespace, real_runner: ProcessRunner) -> None:
     (ip,) = wait_for(lambda: serving(deployed, real_runner), SETTLE, "one real server")
     (pod,) = [p for p in pods(deployed) if p["status"].get("podIP") == ip]
