@@ -87,6 +87,9 @@ class Prepared:
     termination_log: Path
     #: Log lines (the substitutions as applied) to write at the top of the pod's log.
     notes: list[str]
+    #: The model folder vLLM serves (``root`` in its /v1/models): tells our server from another
+    #: process on the same address (parallel local clusters share the pod address range).
+    model: str
 
 
 SHIM = """#!{python}
@@ -228,7 +231,7 @@ def prepare(
     termination_log.write_text("")
     env["GANTRY_TERMINATION_LOG"] = str(termination_log)
     argv = [python, "-m", "gantry_runtime", "serve"]
-    return Prepared(argv=argv, env=env, termination_log=termination_log, notes=notes)
+    return Prepared(argv=argv, env=env, termination_log=termination_log, notes=notes, model=model)
 
 
 def describe_substitutions() -> str:

@@ -130,6 +130,8 @@ class _Child:
     #: Real vLLM only: whether /health answered since the last start (the pod is Ready).
     healthy: bool = False
     termination_log: Path | None = None
+    #: The model path the real server must report as its root in /v1/models.
+    model: str = ""
 
 
 def pod_targets(
@@ -404,8 +406,8 @@ class ProcessRunner:
     def _start(self, target: PodTarget) -> _Child:
         if not target.real:
             return _Child(target, self._spawn(target))
-        process, termination_log = self._spawn_real(target)
-        return _Child(target, process, termination_log=termination_log)
+        process, termination_log, model = self._spawn_real(target)
+        return _Child(target, process, termination_log=termination_log, model=model)
 
     def _spawn(self, target: PodTarget) -> procs.ManagedProcess:
         return procs.spawn(
@@ -433,7 +435,7 @@ class ProcessRunner:
             )
         return tiny_models.family_for([catalog.preset(preset).architecture])
 
-    def _spawn_real(self, target: PodTarget) -> tuple[procs.ManagedProcess, Path]:
+    def _spawn_real(self, target: PodTarget) -> tuple[procs.ManagedProcess, Path, str]:
         log_file = self._log_file(target)
         log_file.parent.mkdir(parents=True, exist_ok=True)
         if self._pods_dir is None:
@@ -456,7 +458,7 @@ class ProcessRunner:
             with log_file.open("a") as out:
                 out.write(f"localcluster: cannot run real vLLM for this pod: {error}\n")
             argv = [self.python, "-c", "import sys; sys.exit(2)"]
-            return procs.spawn(target.name, argv, log_file, die_with_parent=True), pod_dir
+            return procs.spawn(target.name, argv, log_file, die_with_parent=True), pod_dir, ""
         with log_file.open("a") as out:
             out.write("localcluster: real vLLM; substitutions (see localcluster/realvllm.py):\n")
             for note in prepared.notes:
@@ -468,7 +470,7 @@ class ProcessRunner:
             env=prepared.env,
             die_with_parent=True,
         )
-        return process, prepared.termination_log
+        return process, prepared.termination_log, prepared.model
 
     def _patch_status(self, target: PodTarget, body: Mapping[str, Any]) -> None:
         if self._api is None:
@@ -528,11 +530,15 @@ class ProcessRunner:
         """Mark a real-vLLM pod Ready once its /health answers 200."""
         if child.healthy or not child.process.alive():
             return
-        url = f"http://{child.target.ip}:8000/health"
+        url = f"http://{child.target.ip}:8000"
         try:
-            with _DIRECT.open(url, timeout=0.5) as response:
+            with _DIRECT.open(f"{url}/health", timeout=0.5) as response:
                 ok = response.status == 200
-        except OSError:
+            # Ours, not a process of another local cluster on the same address.
+            with _DIRECT.open(f"{url}/v1/models", timeout=2) as response:
+                roots = {m.get("root") for m in json.loads(response.read(65536))["data"]}
+            ok = ok and child.model in roots
+        except (OSError, ValueError, KeyError, TypeError):
             return
         if ok:
             child.healthy = True
@@ -578,6 +584,7 @@ class ProcessRunner:
         if now >= child.restart_at:
             restarted = self._start(child.target)
             child.process, child.termination_log = restarted.process, restarted.termination_log
+            child.model = restarted.model
             child.healthy = False
             child.restarts += 1
             child.exit_reported = False

