@@ -120,10 +120,12 @@ def up(state_dir: Path, *, real_vllm: bool = False) -> int:
     operator = _start_operator(cluster, state_dir)
     runner.start_detached(state_dir, cluster.kubeconfig, models_dir=state_dir / "models")
     _say("applying deploy/examples/ (gpt-oss-120b, gpt-oss-20b)")
-    cluster.kubectl("-n", NAMESPACE, "apply", "-f", str(EXAMPLES))
     if real_vllm:
         _say("gpt-oss-20b runs real vLLM (CPU build, tiny gpt-oss): about a minute per pod")
+        cluster.kubectl("-n", NAMESPACE, "apply", "-f", str(EXAMPLES / "gpt-oss-120b.yaml"))
         cluster.kubectl("-n", NAMESPACE, "apply", "-f", "-", input=real_vllm_example())
+    else:
+        cluster.kubectl("-n", NAMESPACE, "apply", "-f", str(EXAMPLES))
     for name in ("gpt-oss-120b", "gpt-oss-20b"):
         wait_for(
             lambda name=name: _ready(cluster, name) or not operator.alive(),  # type: ignore[misc]
