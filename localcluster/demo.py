@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import openai
+import yaml
 
-from localcluster import build, nodes, procs, runner
+from localcluster import build, nodes, procs, realvllm, runner
 from localcluster.cluster import LocalCluster, free_ports
 from localcluster.polling import wait_for
 from localcluster.volumes import models_volume
@@ -96,7 +97,15 @@ def _ask(cluster: LocalCluster, name: str) -> str:
     return str(wait_for(answer, 60, f"{name} answers at {ip}:8000"))
 
 
-def up(state_dir: Path) -> int:
+def real_vllm_example() -> str:
+    """The gpt-oss-20b example with its pods asking the runner for real vLLM (tiny gpt-oss)."""
+    md = yaml.safe_load((EXAMPLES / "gpt-oss-20b.yaml").read_text())
+    env = md["spec"]["serving"].setdefault("env", [])
+    env.append({"name": realvllm.MODE_VAR, "value": realvllm.REAL})
+    return str(yaml.safe_dump(md))
+
+
+def up(state_dir: Path, *, real_vllm: bool = False) -> int:
     started = time.monotonic()
     build.ensure_built()
     cluster = LocalCluster(state_dir, detach=True, log=_say)
@@ -109,13 +118,18 @@ def up(state_dir: Path) -> int:
     cluster.kubectl("apply", "-f", "-", input=models_volume(NAMESPACE))
     _say("starting the operator and the process runner (a vLLM simulator per runtime pod)")
     operator = _start_operator(cluster, state_dir)
-    runner.start_detached(state_dir, cluster.kubeconfig)
+    runner.start_detached(state_dir, cluster.kubeconfig, models_dir=state_dir / "models")
     _say("applying deploy/examples/ (gpt-oss-120b, gpt-oss-20b)")
-    cluster.kubectl("-n", NAMESPACE, "apply", "-f", str(EXAMPLES))
+    if real_vllm:
+        _say("gpt-oss-20b runs real vLLM (CPU build, tiny gpt-oss): about a minute per pod")
+        cluster.kubectl("-n", NAMESPACE, "apply", "-f", str(EXAMPLES / "gpt-oss-120b.yaml"))
+        cluster.kubectl("-n", NAMESPACE, "apply", "-f", "-", input=real_vllm_example())
+    else:
+        cluster.kubectl("-n", NAMESPACE, "apply", "-f", str(EXAMPLES))
     for name in ("gpt-oss-120b", "gpt-oss-20b"):
         wait_for(
             lambda name=name: _ready(cluster, name) or not operator.alive(),  # type: ignore[misc]
-            120,
+            600 if real_vllm else 120,
             f"{name} Ready",
         )
     if not operator.alive():
@@ -156,7 +170,8 @@ def up(state_dir: Path) -> int:
         ).stdout,
         end="",
     )
-    print("\n$ # a chat completion from gpt-oss-20b (the simulator at a runtime pod's IP)")
+    what = "real vLLM, tiny gpt-oss" if real_vllm else "the simulator"
+    print(f"\n$ # a chat completion from gpt-oss-20b ({what} at a runtime pod's IP)")
     print(_ask(cluster, "gpt-oss-20b"))
     print(f"\nReady in {time.monotonic() - started:.0f}s. The cluster keeps running:")
     print(f"  export KUBECONFIG={cluster.kubeconfig}")
@@ -184,6 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localcluster.demo", description=__doc__)
     parser.add_argument("command", nargs="?", default="up", choices=["up", "down"])
     parser.add_argument("--state-dir", type=Path, default=default_state_dir())
+    parser.add_argument(
+        "--real-vllm",
+        action="store_true",
+        help="gpt-oss-20b's pods run real vLLM (CPU build, tiny gpt-oss) instead of the simulator",
+    )
     args = parser.parse_args(argv)
     if args.command == "down":
         return down(args.state_dir)
@@ -192,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     code = 1
     try:
-        code = up(args.state_dir)
+        code = up(args.state_dir, real_vllm=args.real_vllm)
         return code
     finally:
         if code != 0:

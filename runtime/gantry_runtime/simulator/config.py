@@ -75,6 +75,11 @@ class SimConfig:
     kv_cache_dtype: str
     knobs: SimKnobs
     ignored_args: tuple[str, ...] = ()
+    #: vLLM reports ``completion_tokens_details.reasoning_tokens`` in chat usage only when a
+    #: reasoning parser is set (the simulator never reasons: always 0).
+    reasoning_parser: str | None = None
+    #: With a tool parser vLLM registers ``vllm:tool_call_parser_invocations``.
+    tool_call_parser: str | None = None
 
     @property
     def model_name(self) -> str:
@@ -142,6 +147,8 @@ def _build_parser() -> argparse.ArgumentParser:
     add("--pipeline-parallel-size", "-pp", type=int, default=1)
     add("--gpu-memory-utilization", type=float, default=0.92)
     add("--kv-cache-dtype", default="auto")
+    add("--reasoning-parser", default=None)
+    add("--tool-call-parser", default=None)
     add("--config", default=None)
     add("--gantry-kv-cache-tokens", type=human_readable_int, default=None)
     return parser
@@ -340,6 +347,8 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> S
         kv_cache_dtype=ns.kv_cache_dtype,
         knobs=knobs,
         ignored_args=tuple(unknown),
+        reasoning_parser=ns.reasoning_parser or None,
+        tool_call_parser=ns.tool_call_parser or None,
     )
 
 

@@ -124,6 +124,10 @@ def request_tokens_buckets(max_model_len: int) -> list[float]:
         scale *= 10
 
 
+#: The ``mode`` label of ``vllm:tool_call_parser_invocations``.
+TOOL_PARSER_MODES = ("streaming", "non_streaming")
+
+
 class SimMetrics:
     """The simulator's metric families, in their own registry, bound to one model and engine."""
 
@@ -263,6 +267,25 @@ class SimMetrics:
         self.admission_rejections = {
             reason: rejections.labels(model_name, reason) for reason in ADMISSION_REASONS
         }
+
+        # Registered by vLLM's API server only when a tool-call parser is set: one count per
+        # choice (per delta when streaming) that went through the parser. The simulator never
+        # calls a tool, so its outcome is always no_tool_call.
+        self.tool_parser_invocations: dict[str, Counter] = {}
+        if config.tool_call_parser:
+            invocations = Counter(
+                "vllm:tool_call_parser_invocations",
+                "Total number of ToolParser invocations. Non-streaming increments once per "
+                "choice; streaming increments once per delta.",
+                ["model_name", "mode", "outcome", "request_type"],
+                registry=reg,
+            )
+            for mode in TOOL_PARSER_MODES:
+                for outcome in ("tool_call", "no_tool_call"):
+                    for request_type in ("chat_completions", "responses", "other"):
+                        child = invocations.labels(model_name, mode, outcome, request_type)
+                        if outcome == "no_tool_call" and request_type == "chat_completions":
+                            self.tool_parser_invocations[mode] = child
 
         # Histograms of counts.
         token_buckets = request_tokens_buckets(max_model_len)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -99,6 +100,12 @@ class ServerState:
     metrics: SimMetrics
     filler: FillerText
     created: int
+
+    @property
+    def fingerprint(self) -> str:
+        """``system_fingerprint``: vLLM's version and a hash of the engine's configuration."""
+        digest = hashlib.sha256(repr(self.config).encode()).hexdigest()[:8]
+        return f"vllm-{VLLM_VERSION}-{digest}"
 
 
 STATE_KEY = web.AppKey("state", ServerState)
@@ -267,13 +274,50 @@ async def _wait_all(sequences: Sequence[SimRequest]) -> None:
         notify.clear()
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    return {
+@dataclass(frozen=True)
+class Envelope:
+    """The fields every response and stream chunk of one request shares, as vLLM sends them."""
+
+    id: str
+    created: int
+    model: str
+
+    @classmethod
+    def new(cls, prefix: str, model: str) -> Envelope:
+        return cls(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), model)
+
+    def body(self, kind: str, choices: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+        """``{"id", "object": kind, "created", "model", "choices", **fields}``."""
+        head = {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+        return {**head, "choices": choices, **fields}
+
+
+def _usage(
+    prompt_tokens: int,
+    completion_tokens: int,
+    *,
+    details: dict[str, int] | None = None,
+    stream: bool = False,
+    chat: bool = False,
+) -> dict[str, Any]:
+    """vLLM's ``UsageInfo`` as it serialises it: in full in a response body; in a stream chunk
+    only the fields it set (``completion_tokens_details`` is set by chat)."""
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "completion_tokens": completion_tokens,
-        "prompt_tokens_details": None,
     }
+    if not stream:
+        usage["prompt_tokens_details"] = None
+        usage["completion_tokens_details"] = details
+    elif chat:
+        usage["completion_tokens_details"] = details
+    return usage
+
+
+def _final_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """The usage-only last chunk: vLLM drops its null fields."""
+    return {k: v for k, v in usage.items() if v is not None}
 
 
 def _prompt_total(prompts: Sequence[Prompt]) -> int:
@@ -378,9 +422,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     sequences = _new_sequences(
         state, [prompt], body, requested=requested, default=None, stream=stream
     )
-    request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
-    model = config.model_name
+    envelope = Envelope.new("chatcmpl", config.model_name)
+    details = {"reasoning_tokens": 0} if config.reasoning_parser else None
+    # vLLM runs its tool parser over the output of requests that offer tools (auto choice).
+    parsed = state.metrics.tool_parser_invocations if body.get("tools") else {}
+    if body.get("tool_choice") == "none":
+        parsed = {}
 
     with Generation(state, sequences) as generation:
         if not stream:
@@ -402,36 +449,35 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     "finish_reason": seq.finish_reason,
                     "stop_reason": None,
                     "token_ids": None,
+                    "routed_experts": None,
                 }
                 for index, seq in enumerate(sequences)
             ]
+            if "non_streaming" in parsed:
+                parsed["non_streaming"].inc(len(choices))
             return json_response(
-                {
-                    "id": request_id,
-                    "object": "chat.completion",
-                    "created": created,
-                    "model": model,
-                    "choices": choices,
-                    "service_tier": None,
-                    "system_fingerprint": None,
-                    "usage": _usage(prompt.tokens, generation.completion_tokens()),
-                    "prompt_logprobs": None,
-                    "prompt_token_ids": None,
-                    "kv_transfer_params": None,
-                }
+                envelope.body(
+                    "chat.completion",
+                    choices,
+                    service_tier=None,
+                    system_fingerprint=state.fingerprint,
+                    usage=_usage(prompt.tokens, generation.completion_tokens(), details=details),
+                    prompt_logprobs=None,
+                    prompt_token_ids=None,
+                    prompt_text=None,
+                    kv_transfer_params=None,
+                    ec_transfer_params=None,
+                    metrics=None,
+                )
             )
 
         def chunk(choice: dict[str, Any], index: int) -> dict[str, Any]:
-            out: dict[str, Any] = {
-                "id": request_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [choice],
-            }
+            out = envelope.body("chat.completion.chunk", [choice])
             if continuous:
                 generated = sequences[index].generated
-                out["usage"] = _usage(prompt.tokens, generated)
+                out["usage"] = _usage(
+                    prompt.tokens, generated, details=details, stream=True, chat=True
+                )
             return out
 
         def make_chunks(
@@ -441,7 +487,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             if first:
                 role = {"role": "assistant", "content": ""}
                 choice0 = {"index": index, "delta": role, "logprobs": None, "finish_reason": None}
-                chunks.append(chunk(choice0, index))
+                chunks.append(
+                    {**chunk(choice0, index), "prompt_token_ids": None, "prompt_text": None}
+                )
             choice: dict[str, Any] = {
                 "index": index,
                 "delta": {"content": text},
@@ -450,20 +498,28 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             }
             if reason is not None:
                 choice["stop_reason"] = None
+                choice["token_ids"] = None
             chunks.append(chunk(choice, index))
+            if "streaming" in parsed:
+                parsed["streaming"].inc()
             return chunks
 
         def usage_chunk() -> dict[str, Any] | None:
             if not include_usage:
                 return None
-            return {
-                "id": request_id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": _usage(prompt.tokens, generation.completion_tokens()),
-            }
+            usage = _usage(
+                prompt.tokens,
+                generation.completion_tokens(),
+                details=details,
+                stream=True,
+                chat=True,
+            )
+            return envelope.body(
+                "chat.completion.chunk",
+                [],
+                usage=_final_usage(usage),
+                system_fingerprint=state.fingerprint,
+            )
 
         return await _stream(request, generation, make_chunks, usage_chunk)
 
@@ -484,9 +540,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         default=COMPLETIONS_DEFAULT_MAX_TOKENS,
         stream=stream,
     )
-    request_id = f"cmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
-    model = config.model_name
+    envelope = Envelope.new("cmpl", config.model_name)
     prompt_tokens = _prompt_total(prompts)
 
     with Generation(state, sequences) as generation:
@@ -500,58 +554,54 @@ async def completions(request: web.Request) -> web.StreamResponse:
                     "logprobs": None,
                     "finish_reason": seq.finish_reason,
                     "stop_reason": None,
+                    "token_ids": None,
                     "prompt_logprobs": None,
+                    "prompt_token_ids": None,
+                    "routed_experts": None,
                 }
                 for index, seq in enumerate(sequences)
             ]
             return json_response(
-                {
-                    "id": request_id,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model,
-                    "choices": choices,
-                    "service_tier": None,
-                    "system_fingerprint": None,
-                    "usage": _usage(prompt_tokens, generation.completion_tokens()),
-                    "kv_transfer_params": None,
-                }
+                envelope.body(
+                    "text_completion",
+                    choices,
+                    service_tier=None,
+                    system_fingerprint=state.fingerprint,
+                    usage=_usage(prompt_tokens, generation.completion_tokens()),
+                    kv_transfer_params=None,
+                    ec_transfer_params=None,
+                    metrics=None,
+                )
             )
 
         def make_chunks(
             index: int, text: str, reason: str | None, first: bool
         ) -> list[dict[str, Any]]:
-            out: dict[str, Any] = {
-                "id": request_id,
-                "object": "text_completion",
-                "created": created,
-                "model": model,
-                "choices": [
-                    {
-                        "index": index,
-                        "text": text,
-                        "logprobs": None,
-                        "finish_reason": reason,
-                        "stop_reason": None,
-                    }
-                ],
+            choice = {
+                "index": index,
+                "text": text,
+                "logprobs": None,
+                "finish_reason": reason,
+                "stop_reason": None,
+                "prompt_token_ids": None,
+                "token_ids": None,
             }
+            out = envelope.body("text_completion", [choice])
             if continuous:
                 seq = sequences[index]
-                out["usage"] = _usage(seq.prompt_tokens, seq.generated)
+                out["usage"] = _usage(seq.prompt_tokens, seq.generated, stream=True)
             return [out]
 
         def usage_chunk() -> dict[str, Any] | None:
             if not include_usage:
                 return None
-            return {
-                "id": request_id,
-                "object": "text_completion",
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": _usage(prompt_tokens, generation.completion_tokens()),
-            }
+            usage = _usage(prompt_tokens, generation.completion_tokens(), stream=True)
+            return envelope.body(
+                "text_completion",
+                [],
+                usage=_final_usage(usage),
+                system_fingerprint=state.fingerprint,
+            )
 
         return await _stream(request, generation, make_chunks, usage_chunk)
 
