@@ -28,12 +28,12 @@ import yaml
 from hack import monitoring
 from localcluster import realvllm, vllm_cpu
 from localcluster.cluster import LocalCluster
+from localcluster.operator_process import ROOT, OperatorProcess
 from localcluster.polling import wait_for
 from localcluster.prometheus import ensure_prometheus, has_finite_sample, sample_values
 from localcluster.runner import ProcessRunner, RuntimeProcess
 from localcluster.volumes import models_volume
 from tests.integration.conftest import SETTLE, Namespace
-from tests.integration.operator_process import ROOT, OperatorProcess
 from tests.integration.test_autoscaling import DIRECT, Scraper, replicas
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
