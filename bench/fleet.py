@@ -52,6 +52,7 @@ from gantry_operator.desired import intent  # noqa: E402
 from gantry_operator.spec import GROUP, PLURAL, VERSION  # noqa: E402
 from localcluster import build, nodes  # noqa: E402
 from localcluster.cluster import LocalCluster  # noqa: E402
+from localcluster.log import sayer  # noqa: E402
 from localcluster.operator_process import CRD, OperatorProcess  # noqa: E402
 
 EXAMPLE = ROOT / "deploy" / "examples" / "gpt-oss-20b.yaml"
@@ -59,8 +60,7 @@ RESOURCES = ("modeldeployments", "deployments", "services", "poddisruptionbudget
 Requests = Counter[tuple[str, str]]
 
 
-def say(message: str) -> None:
-    print(f"[fleet] {message}", file=sys.stderr, flush=True)
+say = sayer("fleet")
 
 
 def fleet_nodes(count: int) -> tuple[nodes.FakeNode, ...]:

@@ -27,14 +27,14 @@ from localcluster.cluster import (
     LocalCluster,
     looks_like_state_dir,
 )
+from localcluster.log import sayer
 
 
 def default_state_dir() -> Path:
     return build.cache_dir() / "clusters" / "default"
 
 
-def _say(message: str) -> None:
-    print(f"[gantry-cluster] {message}", file=sys.stderr, flush=True)
+_say = sayer("gantry-cluster")
 
 
 def _interrupt(signum: int, _frame: FrameType | None) -> None:

@@ -12,7 +12,6 @@ import argparse
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from localcluster import versions
+from localcluster.log import sayer
 
 
 def cache_dir() -> Path:
@@ -62,8 +62,7 @@ def binary(name: str) -> Path:
     raise KeyError(name)
 
 
-def _say(message: str) -> None:
-    print(f"[gantry-cluster] {message}", file=sys.stderr, flush=True)
+_say = sayer("gantry-cluster")
 
 
 def _go(args: Sequence[str], cwd: Path, what: str) -> None:

@@ -24,6 +24,7 @@ import yaml
 
 from localcluster import build, nodes, procs, realvllm, runner
 from localcluster.cluster import LocalCluster, free_ports
+from localcluster.log import sayer
 from localcluster.polling import wait_for
 from localcluster.volumes import models_volume
 
@@ -38,8 +39,7 @@ def default_state_dir() -> Path:
     return build.cache_dir() / "clusters" / "demo"
 
 
-def _say(message: str) -> None:
-    print(f"[gantry-demo] {message}", file=sys.stderr, flush=True)
+_say = sayer("gantry-demo")
 
 
 def _start_operator(cluster: LocalCluster, state_dir: Path) -> procs.ManagedProcess:

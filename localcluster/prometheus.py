@@ -26,7 +26,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -42,6 +41,7 @@ import yaml
 
 from localcluster import procs
 from localcluster.cluster import free_ports, listening_sockets, loopback_host
+from localcluster.log import sayer
 
 PACKAGE = "prometheus"
 SEARCH_DIRS = (Path("/usr/bin"), Path("/usr/local/bin"))
@@ -54,8 +54,7 @@ SYSTEMD_WANTS = Path("/etc/systemd/system/multi-user.target.wants/prometheus.ser
 Log = Callable[[str], None]
 
 
-def _say(message: str) -> None:
-    print(f"[gantry-prometheus] {message}", file=sys.stderr, flush=True)
+_say = sayer("gantry-prometheus")
 
 
 class PrometheusError(RuntimeError):

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from localcluster import venvs, vllm_cpu
+from localcluster.log import sayer
 
 FAMILIES = ("gpt-oss", "qwen3")
 #: Bumped when tiny_build.py changes what it writes (the cache is keyed by it).
@@ -80,8 +81,7 @@ def family_for(architectures: Sequence[str]) -> str:
     )
 
 
-def _say(message: str) -> None:
-    print(f"[tiny-models] {message}", file=sys.stderr, flush=True)
+_say = sayer("tiny-models")
 
 
 def ensure_tiny_model(family: str) -> Path:

@@ -20,9 +20,9 @@ import yaml
 
 from gantry_operator import desired, gpus, manifests, planner
 from gantry_operator.catalog import presets
+from gantry_operator.cluster_policy import load_policy
 from gantry_operator.config import OperatorConfig
 from gantry_operator.gpus import GIB
-from gantry_operator.policy import load_policy
 from gantry_operator.spec import KIND, ModelDeploymentSpec, SpecError, parse
 from gantry_runtime.launchspec import vllm_argv
 

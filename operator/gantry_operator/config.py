@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gantry_operator.policy import Policy
+from gantry_operator.cluster_policy import Policy
 
 
 @dataclass(frozen=True)

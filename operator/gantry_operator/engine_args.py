@@ -192,7 +192,7 @@ EGRESS: dict[str, str] = {
     "tool-server": "list",
 }
 
-#: Engine flags the launch spec consumes itself (see manifests.runtime.launch_spec).
+#: Engine flags the launch spec consumes itself (see manifests.launch.launch_spec).
 CONSUMED = ("tool-call-parser", "reasoning-parser", "trust-remote-code")
 
 

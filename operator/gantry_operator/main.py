@@ -14,9 +14,9 @@ import kopf
 import prometheus_client
 
 from gantry_operator import handlers
+from gantry_operator.cluster_policy import load_policy
 from gantry_operator.config import OperatorConfig, ScrapeLimits
 from gantry_operator.controller import Controller
-from gantry_operator.policy import load_policy
 from gantry_operator.spec import GROUP
 
 

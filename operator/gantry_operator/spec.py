@@ -290,7 +290,7 @@ def _parse_model(model: Mapping[str, Any]) -> tuple[ModelArch, str | None]:
         ) from None
 
 
-#: Weight source kinds, in the order messages list them (policy.py uses them too).
+#: Weight source kinds, in the order messages list them (cluster_policy.py uses them too).
 SOURCE_KINDS: tuple[SourceKind, ...] = ("pvc", "s3", "image", "huggingFace")
 
 

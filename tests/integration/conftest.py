@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ import yaml
 
 from localcluster import build, nodes
 from localcluster.cluster import LocalCluster
+from localcluster.log import sayer
 from localcluster.operator_process import CRD, OperatorProcess
 from localcluster.polling import wait_for
 from localcluster.volumes import models_volume
@@ -52,8 +52,7 @@ OPERATOR_ENV = {"GANTRY_AUTOSCALE_INTERVAL": "1"}
 RESYNC_SECONDS = 20
 
 
-def _say(message: str) -> None:
-    print(f"[gantry-cluster] {message}", file=sys.stderr, flush=True)
+_say = sayer("gantry-cluster")
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hack import monitoring
 from localcluster.cluster import LocalCluster
+from localcluster.log import sayer
 from localcluster.operator_process import ROOT, OperatorProcess
 from localcluster.polling import wait_for
 from localcluster.prometheus import (
@@ -143,8 +144,7 @@ def runner(cluster: LocalCluster, ns: Namespace, tmp_path: Path) -> Iterator[Pro
 # -- the world, read -----------------------------------------------------------------------
 
 
-def say(message: str) -> None:
-    print(f"[autoscaling] {message}", flush=True)
+say = sayer("autoscaling")
 
 
 def ready_ips(ns: Namespace) -> list[str]:

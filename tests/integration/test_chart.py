@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gantry_operator.policy import parse_policy
+from gantry_operator.cluster_policy import parse_policy
 from gantry_operator.spec import DEFAULT_RUNTIME_IMAGE
 from hack import chart
 from hack.chart import CHART, RESIDENCY_VALUES, ROOT, by_kind, one, template

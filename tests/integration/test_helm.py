@@ -26,6 +26,7 @@ import yaml
 
 from localcluster import build, nodes
 from localcluster.cluster import METADATA_AUDIT_POLICY, LocalCluster, free_ports
+from localcluster.log import sayer
 from localcluster.polling import wait_for
 from tests.integration.helm import (
     CHART,
@@ -70,8 +71,7 @@ NO_PROMETHEUS_OPERATOR = [
 ]
 
 
-def _say(message: str) -> None:
-    print(f"[gantry-helm] {message}", file=sys.stderr, flush=True)
+_say = sayer("gantry-helm")
 
 
 @pytest.fixture(scope="module")

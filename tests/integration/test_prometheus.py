@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from hack import monitoring
 from localcluster import procs
 from localcluster.cluster import free_ports
+from localcluster.log import sayer
 from localcluster.polling import wait_for
 from localcluster.prometheus import (
     PrometheusServer,
@@ -75,8 +76,7 @@ DATA_TIMEOUT = 120.0
 LOAD_DEADLINE = 300.0
 
 
-def _say(message: str) -> None:
-    print(f"[test-prometheus] {message}", file=sys.stderr, flush=True)
+_say = sayer("test-prometheus")
 
 
 # -- simulators ---------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import yaml
 from hack import monitoring
 from localcluster import realvllm, vllm_cpu
 from localcluster.cluster import LocalCluster
+from localcluster.log import sayer
 from localcluster.operator_process import ROOT, OperatorProcess
 from localcluster.polling import wait_for
 from localcluster.prometheus import ensure_prometheus, has_finite_sample, sample_values
@@ -82,8 +83,7 @@ NO_DATA_REAL: dict[tuple[str, str], str] = {
 MODELS_ROOT: list[str] = []
 
 
-def say(message: str) -> None:
-    print(f"[real-vllm] {message}", flush=True)
+say = sayer("real-vllm")
 
 
 def manifest(name: str, *, path: str, autoscaling: bool) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import yaml
 
 from gantry_operator import manifests, planner
 from gantry_operator.manifests import Owner, build_all, build_deployment, launch_spec
-from gantry_operator.manifests.runtime import build_env
+from gantry_operator.manifests.launch import build_env
 from gantry_operator.planner import Plan
 from gantry_operator.spec import ModelDeploymentSpec, SpecError, parse
 from gantry_runtime.launchspec import ENV_VAR, LaunchSpec, vllm_argv

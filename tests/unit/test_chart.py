@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from gantry_operator import metrics
-from gantry_operator.policy import parse_policy, registry_allowed
+from gantry_operator.cluster_policy import parse_policy, registry_allowed
 from hack import chart, sync_chart
 from hack.chart import CHART, ROOT
 

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from gantry_operator import drift
+from gantry_operator.cluster_policy import NetworkPolicySettings, Policy
 from gantry_operator.config import OperatorConfig
 from gantry_operator.desired import Decision, Intent, decide, intent
-from gantry_operator.policy import NetworkPolicySettings, Policy
 from gantry_operator.store import Children
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from gantry_operator.cluster_policy import NetworkPolicySettings
 from gantry_operator.manifests.common import Owner, labels, selector_labels
+from gantry_operator.manifests.deployment import build_deployment
+from gantry_operator.manifests.launch import launch_spec
 from gantry_operator.manifests.network import build_network_policy
-from gantry_operator.manifests.runtime import build_deployment, launch_spec
 from gantry_operator.manifests.service import build_pdb, build_service, endpoint
 from gantry_operator.planner import Plan
-from gantry_operator.policy import NetworkPolicySettings
 from gantry_operator.spec import ModelDeploymentSpec
 
 __all__ = [

@@ -1,11 +1,11 @@
-"""The runtime pods' NetworkPolicy, from the cluster policy (docs: policy.py)."""
+"""The runtime pods' NetworkPolicy, from the cluster policy (docs: cluster_policy.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from gantry_operator.cluster_policy import NetworkPolicySettings
 from gantry_operator.manifests.common import Owner, metadata, selector_labels
-from gantry_operator.policy import NetworkPolicySettings
 from gantry_operator.spec import ModelDeploymentSpec
 from gantry_runtime.launchspec import PORT
 

@@ -12,6 +12,8 @@ scraped as ``vllm:prompt_tokens_total``, as from vLLM.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
@@ -150,6 +152,14 @@ class SimMetrics:
         def histogram(name: str, doc: str, buckets: tuple[float, ...] | list[float]) -> Histogram:
             return Histogram(name, doc, labels, registry=reg, buckets=buckets).labels(*values)
 
+        def counters_by(
+            name: str, doc: str, label: str, keys: Sequence[str], *, base: Sequence[str] = labels
+        ) -> dict[str, Counter]:
+            """One counter family with an extra ``label``: its child for every key."""
+            family = Counter(name, doc, [*base, label], registry=reg)
+            prefix = values[: len(base)]
+            return {key: family.labels(*prefix, key) for key in keys}
+
         # Scheduler state.
         self.num_requests_running = gauge(
             "vllm:num_requests_running", "Number of requests in model execution batches."
@@ -225,48 +235,33 @@ class SimMetrics:
             "vllm:num_preemptions", "Cumulative number of preemption from the engine."
         )
         self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
-        by_source = Counter(
-            "vllm:prompt_tokens_by_source",
-            "Number of prompt tokens by source.",
-            [*labels, "source"],
-            registry=reg,
-        )
-        self.prompt_tokens_by_source = {
-            source: by_source.labels(*values, source) for source in PROMPT_TOKEN_SOURCES
-        }
+        self.prompt_tokens_by_source = counters_by(
+            "vllm:prompt_tokens_by_source", "Number of prompt tokens by source.", "source",
+            PROMPT_TOKEN_SOURCES,
+        )  # fmt: skip
         self.prompt_tokens_cached = counter(
             "vllm:prompt_tokens_cached", "Number of cached prompt tokens (local + external)."
         )
-        cached_by_source = Counter(
+        self.prompt_tokens_cached_by_source = counters_by(
             "vllm:prompt_tokens_cached_by_source",
             "Prefix-cache hit tokens by the cache tier that supplied them.",
-            [*labels, "source"],
-            registry=reg,
+            "source",
+            CACHE_HIT_SOURCES,
         )
-        self.prompt_tokens_cached_by_source = {
-            source: cached_by_source.labels(*values, source) for source in CACHE_HIT_SOURCES
-        }
         self.generation_tokens = counter(
             "vllm:generation_tokens", "Number of generation tokens processed."
         )
-        success = Counter(
-            "vllm:request_success",
-            "Count of successfully processed requests.",
-            [*labels, "finished_reason"],
-            registry=reg,
-        )
-        self.request_success = {
-            reason: success.labels(*values, reason) for reason in FINISHED_REASONS
-        }
-        rejections = Counter(
+        self.request_success = counters_by(
+            "vllm:request_success", "Count of successfully processed requests.",
+            "finished_reason", FINISHED_REASONS,
+        )  # fmt: skip
+        self.admission_rejections = counters_by(
             "vllm:admission_rejections",
             "Number of admission attempts rejected by a queue limit, by reason.",
-            ["model_name", "reason"],
-            registry=reg,
+            "reason",
+            ADMISSION_REASONS,
+            base=["model_name"],
         )
-        self.admission_rejections = {
-            reason: rejections.labels(model_name, reason) for reason in ADMISSION_REASONS
-        }
 
         # Registered by vLLM's API server only when a tool-call parser is set: one count per
         # choice (per delta when streaming) that went through the parser. The simulator never

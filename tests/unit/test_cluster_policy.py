@@ -10,7 +10,7 @@ import pytest
 
 from gantry_operator import gpus, manifests, planner
 from gantry_operator.catalog import preset
-from gantry_operator.policy import Policy, PolicyViolation, load_policy, parse_policy
+from gantry_operator.cluster_policy import Policy, PolicyViolation, load_policy, parse_policy
 from gantry_operator.spec import SpecError, parse
 
 OWNER = manifests.Owner(name="m", uid="u")
@@ -253,6 +253,6 @@ def test_the_offline_default_runtime_image_must_be_allowed() -> None:
 
 
 def test_source_kinds_are_defined_once() -> None:
-    from gantry_operator import policy, spec
+    from gantry_operator import cluster_policy, spec
 
-    assert vars(policy)["SOURCE_KINDS"] is spec.SOURCE_KINDS  # imported, not a second copy
+    assert vars(cluster_policy)["SOURCE_KINDS"] is spec.SOURCE_KINDS  # imported, not a second copy
