@@ -34,6 +34,14 @@ MD_LABEL = "gantry.dev/model-deployment"
 MANAGED = ("app.kubernetes.io/managed-by", "gantry")
 
 
+def _lean(obj: Obj) -> Obj:
+    """The object without ``metadata.managedFields`` (often half its size; never read here)."""
+    meta = obj.get("metadata") or {}
+    if "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
 def slim(obj: Obj) -> Obj:
     """What is kept of an object Gantry did not make: enough to name it and its owner."""
     if obj["metadata"].get("labels", {}).get(MANAGED[0]) == MANAGED[1]:
@@ -123,6 +131,7 @@ class Store:
 
     def put(self, kind: str, obj: Obj) -> None:
         key = key_of(obj)
+        obj = _lean(obj)
         with self._lock:
             table = self._objects[kind]
             if not _newer(table.get(key), obj):

@@ -8,8 +8,9 @@ own (server-side apply, field manager ``gantry-autoscaler``).
 
 Every scrape is bounded (DESIGN.md 4.12): a byte limit, a deadline and a concurrency limit
 shared by all pods. Only pods of the ReplicaSets of the Deployment this ModelDeployment
-controls are scraped; a pod past a bound is skipped, counted, reported with an Event, and
-retried with a backoff (1, 2, 4 ... ticks, at most a minute) rather than every tick.
+controls are scraped; a pod past a bound is skipped, counted, reported with an Event (at most
+one per ModelDeployment and kind of failure in ten minutes), and retried with a backoff (1, 2,
+4 ... ticks, at most a minute) rather than every tick.
 """
 
 from __future__ import annotations
@@ -127,6 +128,9 @@ def our_ready_pods(children: Children, uid: str) -> list[tuple[str, str]]:
 
 #: A pod that keeps failing is retried after 1, 2, 4 ... ticks, at most this many seconds.
 MAX_SCRAPE_BACKOFF_SECONDS = 60.0
+#: At most one ScrapeFailed event (and log line) per ModelDeployment and kind of failure in
+#: this many seconds, however many of its pods fail.
+SCRAPE_EVENT_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,8 @@ class Memory:
     #: Pods whose last scrape failed: how (an Event when a pod starts failing a new way), and
     #: when to try again (a failing pod is not read every tick).
     failing: dict[str, Failure] = field(default_factory=dict)
+    #: When a ScrapeFailed event was last posted, by kind of failure.
+    reported: dict[str, float] = field(default_factory=dict)
 
 
 class Autoscaler:
@@ -236,7 +242,10 @@ class Autoscaler:
             backoff = min(self.interval * 2 ** (count - 1), MAX_SCRAPE_BACKOFF_SECONDS)
             memory.failing[pod] = Failure(result.kind, count, now + backoff - self.interval / 2)
             metrics.scrape_errors.labels(*key).inc()
-            if before is None or before.kind != result.kind:
+            new_kind = before is None or before.kind != result.kind
+            last = memory.reported.get(result.kind)
+            if new_kind and (last is None or now - last >= SCRAPE_EVENT_SECONDS):
+                memory.reported[result.kind] = now
                 message = f"Skipped runtime pod {pod} ({ip}) in autoscaling: {result}"
                 log.warning("%s/%s: %s", key[0], key[1], message)
                 await asyncio.to_thread(
