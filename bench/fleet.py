@@ -17,7 +17,7 @@ floor      the same N objects in a second namespace with no operator running; a 
 requests   by verb and resource, from the API server's own ``apiserver_request_total``, during
            the operator's convergence and during ``--rest`` seconds at rest afterwards (the
            benchmark's own polling subtracted).
-resources  operator CPU (user + system) and RSS at rest.
+resources  operator CPU (user + system) and RSS at rest (from when every model is Ready).
 repair     a child Service deleted by hand: time until the operator has recreated it.
 stop       SIGTERM to exit.
 """
@@ -121,8 +121,10 @@ class Convergence:
         self.api = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
         self.namespace, self.count = namespace, count
         self.sets: dict[str, set[str]] = {"md": set(), "deployment": set(), "service": set()}
+        self.ready: set[str] = set()
         self.lock = threading.Lock()
         self.done = threading.Event()
+        self.all_ready = threading.Event()
         custom = kubernetes.client.CustomObjectsApi(self.api)
         apps = kubernetes.client.AppsV1Api(self.api)
         core = kubernetes.client.CoreV1Api(self.api)
@@ -135,25 +137,35 @@ class Convergence:
             threading.Thread(target=self._watch, args=(kind, lister, args), daemon=True).start()
 
     def _watch(self, kind: str, lister: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        while not self.done.is_set():
+        while not self.all_ready.is_set():
             stream = kubernetes.watch.Watch().stream(lister, *args, timeout_seconds=60)
             for event in stream:
                 obj = event["raw_object"]
                 name = obj["metadata"]["name"]
+                ok, ready = True, False
                 if kind == "md":
                     status = obj.get("status") or {}
                     ok = status.get("observedGeneration") == obj["metadata"].get("generation")
-                else:
-                    ok = True
+                    ready = status.get("phase") == "Ready"
                 with self.lock:
                     members = self.sets[kind]
                     if ok and event["type"] != "DELETED":
                         members.add(name)
                     else:
                         members.discard(name)
+                    if kind == "md":
+                        (self.ready.add if ready else self.ready.discard)(name)
+                        if len(self.ready) == self.count:
+                            self.all_ready.set()
                     if len(set.intersection(*self.sets.values())) == self.count:
                         self.done.set()
-                        return
+                if self.all_ready.is_set():
+                    return
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until every ModelDeployment is Ready (its pod placed and ready): the cluster at rest."""
+        if not self.all_ready.wait(timeout):
+            raise SystemExit(f"not all Ready after {timeout:.0f}s: {len(self.ready)}")
 
     def wait(self, timeout: float) -> None:
         if not self.done.wait(timeout):
@@ -276,8 +288,10 @@ def main() -> int:
         converge_cpu = cpu_seconds(pid)
         after = requests(cluster)
         during = delta(before, after)
-        say(f"operator converged in {converge:.1f}s; measuring {args.rest:.0f}s at rest")
-        time.sleep(10)  # pods finish starting; the last status writes land
+        say(f"operator converged in {converge:.1f}s; waiting until every model is Ready")
+        watcher.wait_ready(timeout=1800)
+        say(f"all Ready {time.monotonic() - started:.1f}s after start; {args.rest:.0f}s at rest")
+        time.sleep(5)  # the last status writes' own events
         cpu0, rest0 = cpu_seconds(pid), requests(cluster)
         peak_rss = rss_mb(pid)
         rest_started = time.monotonic()

@@ -30,6 +30,7 @@ from gantry_operator import k8s, metrics
 from gantry_operator.autoscaling import policy
 from gantry_operator.config import ScrapeLimits
 from gantry_operator.reconcile import Reconciler
+from gantry_operator.spec import ModelDeploymentSpec
 from gantry_operator.store import Children, Key, Store, controller_of, key_of, owned_by
 from gantry_runtime.launchspec import PORT
 
@@ -152,6 +153,17 @@ class Memory:
     reported: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One ModelDeployment's work in a tick: the pods due for a scrape, then a decision."""
+
+    md: Mapping[str, Any]
+    spec: ModelDeploymentSpec
+    memory: Memory
+    pods: Sequence[tuple[str, str]]
+    started: float
+
+
 class Autoscaler:
     def __init__(
         self, store: Store, reconciler: Reconciler, *, interval: float, limits: ScrapeLimits
@@ -173,8 +185,32 @@ class Autoscaler:
                 await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - started)))
 
     async def tick(self, session: aiohttp.ClientSession, *, now: float | None = None) -> None:
-        mds = self.store.model_deployments()
-        await asyncio.gather(*(self._one(session, md, now) for md in mds))
+        jobs = [job for md in self.store.model_deployments() if (job := self._job(md))]
+        await asyncio.gather(*(self._one(session, job, now) for job in jobs))
+
+    def _job(self, md: Mapping[str, Any]) -> _Job | None:
+        """What one ModelDeployment needs this tick; None when that is nothing to await (no
+        pod due for a scrape and no autoscaling: the load is recorded right here)."""
+        if md["metadata"].get("deletionTimestamp"):
+            return None
+        spec = self.reconciler.intent(md).spec
+        if spec is None:
+            return None  # the reconcile reports it
+        key = key_of(md)
+        memory = self.memory.setdefault(key, Memory())
+        started = time.monotonic()
+        ready = dict(our_ready_pods(self.store.children(key), md["metadata"]["uid"]))
+        memory.failing = {p: f for p, f in memory.failing.items() if p in ready}
+        due = [
+            (pod, ip)
+            for pod, ip in ready.items()
+            if pod not in memory.failing or memory.failing[pod].retry_at <= started
+        ]
+        if not due and not spec.autoscaling.enabled:
+            metrics.record_load(key[0], key[1], 0.0, 0.0, 0.0)
+            memory.history.clear()
+            return None
+        return _Job(md, spec, memory, due, started)
 
     async def _scrape(
         self, session: aiohttp.ClientSession, ip: str
@@ -185,29 +221,13 @@ class Autoscaler:
             except ScrapeError as exc:
                 return exc
 
-    async def _one(
-        self, session: aiohttp.ClientSession, md: Mapping[str, Any], now: float | None
-    ) -> None:
-        if md["metadata"].get("deletionTimestamp"):
-            return
-        want = self.reconciler.intent(md)
-        spec = want.spec
-        if spec is None:
-            return  # the reconcile reports it
+    async def _one(self, session: aiohttp.ClientSession, job: _Job, now: float | None) -> None:
+        md, spec, memory, pods = job.md, job.spec, job.memory, job.pods
         key = key_of(md)
-        memory = self.memory.setdefault(key, Memory())
-        started = time.monotonic()
-        ready = our_ready_pods(self.store.children(key), md["metadata"]["uid"])
-        memory.failing = {p: f for p, f in memory.failing.items() if p in dict(ready)}
-        pods = [
-            (pod, ip)
-            for pod, ip in ready
-            if pod not in memory.failing or memory.failing[pod].retry_at <= started
-        ]
         results = await asyncio.gather(*(self._scrape(session, ip) for _, ip in pods))
-        metrics.scrape_seconds.observe(time.monotonic() - started)
+        metrics.scrape_seconds.observe(time.monotonic() - job.started)
         samples = [r for r in results if not isinstance(r, ScrapeError)]
-        await self._report_failures(md, memory, pods, results, started)
+        await self._report_failures(md, memory, pods, results, job.started)
         running = sum(s[0] for s in samples)
         waiting = sum(s[1] for s in samples)
         kv = sum(s[2] for s in samples) / len(samples) if samples else 0.0
