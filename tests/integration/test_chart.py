@@ -8,9 +8,7 @@ pure-Python checks of the chart files are tests/unit/test_chart.py.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -529,28 +527,6 @@ def test_helm_test_hook_is_a_job_running_the_checked_in_script(
     test_policy = one(default, "NetworkPolicy", "gantry-test")
     assert test_policy["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "test"
-
-
-class _Metrics:
-    """Serves ``body`` at /metrics on a free loopback port."""
-
-    def __init__(self, body: bytes) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 # -- the security scan ---------------------------------------------------------------------------
