@@ -1,6 +1,6 @@
 """Real vLLM in a fake pod: what the process runner changes, in one place, and why.
 
-For a runtime pod that asks for it (env ``GANTRY_LOCALCLUSTER_RUNTIME=vllm`` in its runtime
+For a runtime pod that asks for it (env ``LOCALCLUSTER_RUNTIME=vllm`` in its runtime
 container, e.g. from ``spec.serving.env``, or a runner started with ``real=True``), the process
 runner runs our real launcher, ``python -m gantry_runtime serve``, with the pod's own env and
 args: it verifies the weights offline and execs ``vllm serve`` with the argv the operator built,
@@ -24,7 +24,8 @@ from gantry_runtime.launchspec import ENV_VAR, LaunchSpec
 from localcluster import tiny_models, vllm_cpu
 
 #: The pod env that asks the runner for a real vLLM (any other value, or none: the simulator).
-MODE_VAR = "GANTRY_LOCALCLUSTER_RUNTIME"
+#: Not GANTRY_*: spec env may not set Gantry's own variables (docs/security.md).
+MODE_VAR = "LOCALCLUSTER_RUNTIME"
 REAL = "vllm"
 #: The KV cache each real server gets: room for a few 64k-token sequences of a tiny model.
 KV_CACHE_BYTES = 64 * 2**20

