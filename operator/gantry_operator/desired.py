@@ -48,7 +48,6 @@ class Intent:
 
 @dataclass(frozen=True)
 class ObjectRef:
-    api_version: str
     kind: str
     namespace: str
     name: str
@@ -131,13 +130,12 @@ def decide(want: Intent, children: Children, uid: str) -> Decision:
     wanted = {obj["kind"] for obj in want.objects}
     delete = tuple(
         ObjectRef(
-            api_version,
             kind,
             str(seen["metadata"]["namespace"]),
             str(seen["metadata"]["name"]),
             str(seen["metadata"]["uid"]),
         )
-        for kind, api_version in CHILD_KINDS.items()
+        for kind in CHILD_KINDS
         if kind not in wanted and (seen := children.get(kind)) is not None and owned_by(seen, uid)
     )
     return Decision(want, tuple(apply), delete, tuple(conflicts))

@@ -20,8 +20,6 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Outcome:
-    applied: tuple[str, ...] = ()
-    deleted: tuple[str, ...] = ()
     conflicts: tuple[str, ...] = ()
     #: The API server's refusal of a child ("Deployment x: <its message>").
     rejected: str | None = None
@@ -30,20 +28,16 @@ class Outcome:
 def execute(decision: Decision, store: Store) -> Outcome:
     if decision.conflicts:
         return Outcome(conflicts=decision.conflicts)
-    applied: list[str] = []
     for obj in decision.apply:
         meta = obj["metadata"]
         try:
             result = k8s.apply(obj)
         except k8s.RejectedError as exc:
             log.warning("The API server refused %s in %s", exc, meta["namespace"])
-            return Outcome(tuple(applied), rejected=str(exc))
+            return Outcome(rejected=str(exc))
         store.put(obj["kind"], result)
-        applied.append(f"{obj['kind']} {meta['name']}")
         log.info("Applied %s %s/%s", obj["kind"], meta["namespace"], meta["name"])
-    deleted: list[str] = []
     for ref in decision.delete:
         if k8s.delete(ref.kind, ref.namespace, ref.name, uid=ref.uid):
-            deleted.append(f"{ref.kind} {ref.name}")
             log.info("Deleted %s %s/%s (no longer wanted)", ref.kind, ref.namespace, ref.name)
-    return Outcome(tuple(applied), tuple(deleted))
+    return Outcome()

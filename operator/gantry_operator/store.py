@@ -21,13 +21,8 @@ Obj = Mapping[str, Any]
 Key = tuple[str, str]
 
 MODEL_DEPLOYMENT = KIND
-#: Child kinds by (apiVersion, kind); every one is watched (label managed-by=gantry).
-CHILD_KINDS: dict[str, str] = {
-    "Deployment": "apps/v1",
-    "Service": "v1",
-    "PodDisruptionBudget": "policy/v1",
-    "NetworkPolicy": "networking.k8s.io/v1",
-}
+#: The child kinds named like their ModelDeployment (NetworkPolicy only with the policy).
+CHILD_KINDS = ("Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy")
 POD = "Pod"
 NODE = "Node"
 MD_LABEL = "gantry.dev/model-deployment"
