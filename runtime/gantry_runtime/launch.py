@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 
 #: Seconds past the drain timeout before vLLM is killed. vLLM stops its engine and workers
-#: after draining; with the CPU build that took ~20 s (tests/integration/test_real_vllm.py), so 25 s,
-#: inside the pod's terminationGracePeriodSeconds (drain timeout + 30).
+#: after draining; with the CPU build that took ~20 s (tests/integration/test_real_vllm.py),
+#: so 25 s, inside the pod's terminationGracePeriodSeconds (drain timeout + 30).
 KILL_GRACE_SECONDS = 25.0
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: How often the wait loop wakes to check the kill deadline.
