@@ -38,6 +38,6 @@ def execute(decision: Decision, store: Store) -> Outcome:
         store.put(obj["kind"], result)
         log.info("Applied %s %s/%s", obj["kind"], meta["namespace"], meta["name"])
     for ref in decision.delete:
-        if k8s.delete(ref.kind, ref.namespace, ref.name, uid=ref.uid):
+        if k8s.delete(ref.kind, ref.namespace, ref.name, uid=ref.uid):  # owned: see decide
             log.info("Deleted %s %s/%s (no longer wanted)", ref.kind, ref.namespace, ref.name)
     return Outcome()
