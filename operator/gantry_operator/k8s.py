@@ -137,8 +137,11 @@ def delete(kind: str, namespace: str, name: str, *, uid: str) -> bool:
     return True
 
 
-def apply_status(namespace: str, name: str, status: Mapping[str, Any], *, manager: str) -> None:
-    """Server-side apply of a ModelDeployment's status block owned by ``manager``."""
+def apply_status(
+    namespace: str, name: str, status: Mapping[str, Any], *, manager: str
+) -> dict[str, Any]:
+    """Server-side apply of a ModelDeployment's status block owned by ``manager``; returns the
+    object as stored."""
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
@@ -146,7 +149,7 @@ def apply_status(namespace: str, name: str, status: Mapping[str, Any], *, manage
         "status": dict(status),
     }
     try:
-        _call(
+        return _call(
             "PATCH",
             _path(KIND, namespace, name, "status"),
             query={"fieldManager": manager, "force": "true"},

@@ -99,7 +99,8 @@ class Reconciler:
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         new = status.compute(previous, observed, now=now)
         if status.changed(previous, new):
-            k8s.apply_status(key[0], key[1], new, manager=k8s.OPERATOR)
+            # Stored at once: a reconcile before the watch event must not write it again.
+            self.store.put(MODEL_DEPLOYMENT, k8s.apply_status(*key, new, manager=k8s.OPERATOR))
             _announce(md, previous, new)
         metrics.record_status(key[0], key[1], want.spec, new)
         problem = observed.problem
