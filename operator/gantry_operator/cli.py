@@ -23,6 +23,7 @@ from gantry_operator.catalog import presets
 from gantry_operator.cluster_policy import load_policy
 from gantry_operator.config import OperatorConfig
 from gantry_operator.gpus import GIB
+from gantry_operator.manifests.leaderworkerset import CRD as LWS_CRD
 from gantry_operator.spec import KIND, ModelDeploymentSpec, SpecError, parse
 from gantry_runtime.launchspec import vllm_argv
 
@@ -225,8 +226,10 @@ def _render(args: argparse.Namespace, out: TextIO) -> int:
                 },
                 "spec": doc.get("spec") or {},
             }
-            # The operator's own decision: spec, cluster policy, fit, multi-node, builders.
-            want = desired.intent(md, config)
+            # The operator's own decision: spec, cluster policy, fit, multi-node, builders,
+            # for a cluster where LeaderWorkerSet is installed (the policy says whether the
+            # operator may use it).
+            want = desired.intent(md, config, crds=frozenset({LWS_CRD}))
             if want.problem is not None or want.spec is None or want.plan is None:
                 problem = want.problem.message if want.problem else "cannot be served"
                 out.write(f"gantry render: {path}: {meta.get('name')}: {problem}\n")

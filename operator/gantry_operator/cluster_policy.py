@@ -25,6 +25,9 @@ no NetworkPolicy is created. The format (every key optional)::
       storage:                          # egress besides DNS: in-cluster model storage
         - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: storage}}}]
           ports: [{port: 9000, protocol: TCP}]
+    multiNode:                          # replicas larger than one node (LeaderWorkerSet groups)
+      enabled: true                     # LeaderWorkerSet is installed and the operator may use it
+      exclusiveTopologyKey: network.topology.example.com/block   # one group per domain (optional)
     runtime:
       image: registry.internal/gantry/gantry-runtime:0.1.0-vllm0.33.0   # default runtime image
       imagePullSecrets: [registry-mirror]                               # added to every pod
@@ -42,6 +45,7 @@ import yaml
 
 from gantry_operator.engine_args import EGRESS, egress
 from gantry_operator.spec import DEFAULT_RUNTIME_IMAGE, SOURCE_KINDS, ModelDeploymentSpec, SpecError
+from gantry_operator.spec_rules import LABEL_KEY_PATTERN
 
 
 class PolicyViolation(SpecError):  # noqa: N818 - named after the status reason
@@ -118,11 +122,21 @@ class NetworkPolicySettings:
 
 
 @dataclass(frozen=True)
+class MultiNodeSettings:
+    """Multi-node replicas run as LeaderWorkerSet groups (sigs.k8s.io/lws) when enabled."""
+
+    enabled: bool = False
+    #: Node label whose domains each hold one whole group, exclusively ("" = no such placement).
+    exclusive_topology_key: str = ""
+
+
+@dataclass(frozen=True)
 class Policy:
     allowed_regions: tuple[str, ...] = ()
     offline: bool = False
     allowed_sources: tuple[str, ...] = SOURCE_KINDS
     network: NetworkPolicySettings = field(default_factory=NetworkPolicySettings)
+    multi_node: MultiNodeSettings = field(default_factory=MultiNodeSettings)
     #: Runtime image for ModelDeployments that name none (the cluster's registry mirror).
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
     #: Pull secrets added to every runtime pod.
@@ -226,6 +240,13 @@ def parse_policy(data: Mapping[str, Any]) -> Policy:
     residency: Mapping[str, Any] = data.get("residency") or {}
     runtime: Mapping[str, Any] = data.get("runtime") or {}
     network: Mapping[str, Any] = data.get("networkPolicy") or {}
+    multi_node: Mapping[str, Any] = data.get("multiNode") or {}
+    topology_key = multi_node.get("exclusiveTopologyKey") or ""
+    if not isinstance(topology_key, str) or not LABEL_KEY_PATTERN.match(topology_key or "a"):
+        raise ValueError(
+            f"policy multiNode.exclusiveTopologyKey {topology_key!r} is not a node label key "
+            "(for example topology.kubernetes.io/zone)"
+        )
     sources = tuple(residency.get("allowedSources") or SOURCE_KINDS)
     unknown = sorted(set(sources) - set(SOURCE_KINDS))
     if unknown:
@@ -243,6 +264,9 @@ def parse_policy(data: Mapping[str, Any]) -> Policy:
             monitoring=_selectors(network.get("monitoring"), "networkPolicy.monitoring"),
             operator=_selectors(network.get("operator"), "networkPolicy.operator"),
             storage=_selectors(network.get("storage"), "networkPolicy.storage"),
+        ),
+        multi_node=MultiNodeSettings(
+            enabled=bool(multi_node.get("enabled", False)), exclusive_topology_key=topology_key
         ),
         runtime_image=str(runtime.get("image") or DEFAULT_RUNTIME_IMAGE),
         image_pull_secrets=tuple(str(s) for s in runtime.get("imagePullSecrets") or ()),

@@ -78,8 +78,21 @@ class Controller:
         before = self.store.pool_version
         change()
         if self.store.pool_version != before:
-            for md in self.store.model_deployments():
-                self._enqueue(key_of(md))
+            self._enqueue_all()
+
+    def crd_seen(self, obj: Mapping[str, Any]) -> None:
+        """An optional CRD (LeaderWorkerSet, ...) as listed or changed: when it becomes
+        established (or stops being), every ModelDeployment is decided again."""
+        if self.store.put_crd(obj):
+            self._enqueue_all()
+
+    def crd_deleted(self, obj: Mapping[str, Any]) -> None:
+        if self.store.remove_crd(obj):
+            self._enqueue_all()
+
+    def _enqueue_all(self) -> None:
+        for md in self.store.model_deployments():
+            self._enqueue(key_of(md))
 
     def _enqueue(self, key: Key) -> None:
         if self.queue is not None:

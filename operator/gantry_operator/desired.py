@@ -9,7 +9,9 @@ the children last seen in the watch and lists exactly what to apply and what to 
 * never touch an object of the same name that another owner controls: that is a conflict,
   reported in status, and nothing else is written for the ModelDeployment until it is gone;
 * delete only optional children (PDB, NetworkPolicy) that this ModelDeployment controls and
-  the spec or policy no longer calls for.
+  the spec or policy no longer calls for;
+* when a new plan moves the replicas between a Deployment (one node) and a LeaderWorkerSet
+  (several nodes), keep the old workload serving until the new one's replicas are all Ready.
 """
 
 from __future__ import annotations
@@ -19,16 +21,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from gantry_operator import drift, gpus, manifests, planner
+from gantry_operator.cluster_policy import MultiNodeSettings
 from gantry_operator.config import OperatorConfig
 from gantry_operator.manifests.common import Owner
+from gantry_operator.manifests.leaderworkerset import CRD as LWS_CRD
 from gantry_operator.planner import DoesNotFitError, Plan
 from gantry_operator.spec import ModelDeploymentSpec, SpecError, parse
 from gantry_operator.status import Problem
-from gantry_operator.store import CHILD_KINDS, Children, owned_by
+from gantry_operator.store import CHILD_KINDS, WORKLOAD_KINDS, Children, Obj, owned_by
 
 #: Problems that are the operator's final answer for a spec (status.observedGeneration moves
 #: on); a child the API server refused or a name conflict leave the spec not applied.
-REFUSALS = ("InvalidSpec", "PolicyViolation", "DoesNotFit", "NeedsMultiNode")
+REFUSALS = ("InvalidSpec", "PolicyViolation", "DoesNotFit", "MultiNodeUnavailable")
 
 
 @dataclass(frozen=True)
@@ -66,10 +70,14 @@ class Decision:
 
 
 def intent(
-    md: Mapping[str, Any], config: OperatorConfig, nodes: Sequence[Mapping[str, Any]] = ()
+    md: Mapping[str, Any],
+    config: OperatorConfig,
+    nodes: Sequence[Mapping[str, Any]] = (),
+    crds: frozenset[str] = frozenset(),
 ) -> Intent:
     """``nodes``: the cluster's GPU nodes, for the GPUs per node of the spec's GPU pool
-    (``spec.gpu.perNode`` wins; without nodes, the GPU profile's default)."""
+    (``spec.gpu.perNode`` wins; without nodes, the GPU profile's default). ``crds``: the
+    optional CRDs established in the cluster (LeaderWorkerSet for multi-node replicas)."""
     meta = md["metadata"]
     generation = int(meta.get("generation") or 0)
     policy = config.policy
@@ -92,19 +100,41 @@ def intent(
     except DoesNotFitError as exc:
         return Intent(generation, spec, None, Problem("DoesNotFit", str(exc)))
     if plan.nodes_per_replica > 1:
-        return Intent(
-            generation,
-            spec,
-            plan,
-            Problem(
-                "NeedsMultiNode",
-                f"{plan.multi_node}; to serve it now choose a GPU type with more memory "
-                "(for example H200 or B200) or a smaller model",
-            ),
-        )
+        unavailable = multi_node_unavailable(policy.multi_node, crds)
+        if unavailable:
+            return Intent(
+                generation,
+                spec,
+                plan,
+                Problem("MultiNodeUnavailable", f"{plan.multi_node}; {unavailable}"),
+            )
     owner = Owner(name=meta["name"], uid=meta["uid"])
-    objects = manifests.build_all(spec, plan, owner=owner, network=policy.network)
+    objects = manifests.build_all(
+        spec, plan, owner=owner, network=policy.network, multi_node=policy.multi_node
+    )
     return Intent(generation, spec, plan, None, tuple(drift.stamp(o) for o in objects))
+
+
+def multi_node_unavailable(settings: MultiNodeSettings, crds: frozenset[str]) -> str:
+    """Why multi-node replicas cannot run here ("" when they can), and what to do."""
+    alternative = (
+        "or choose a GPU type with more memory (for example H200 or B200) so that a replica "
+        "fits one node"
+    )
+    if not settings.enabled:
+        return (
+            "multi-node replicas run as LeaderWorkerSet groups, which this operator is not set up "
+            "to use: install LeaderWorkerSet (sigs.k8s.io/lws v0.8 or newer) and enable it with "
+            "the chart value leaderWorkerSet.enabled=true (cluster policy multiNode.enabled), "
+            + alternative
+        )
+    if LWS_CRD not in crds:
+        return (
+            f"the cluster policy enables LeaderWorkerSet but its CRD {LWS_CRD} is not installed "
+            "(or not yet established): install LeaderWorkerSet (sigs.k8s.io/lws v0.8 or newer), "
+            + alternative
+        )
+    return ""
 
 
 def _describe_conflict(obj: Mapping[str, Any]) -> str:
@@ -128,6 +158,9 @@ def decide(want: Intent, children: Children, uid: str) -> Decision:
     if conflicts:  # nothing half-applied: the conflict is resolved first
         return Decision(want, conflicts=tuple(conflicts))
     wanted = {obj["kind"] for obj in want.objects}
+    workload = next((k for k in WORKLOAD_KINDS if k in wanted), None)
+    if workload is not None and not serving(children.get(workload)):
+        wanted |= set(WORKLOAD_KINDS)  # the old workload serves until the new one does
     delete = tuple(
         ObjectRef(
             kind,
@@ -139,3 +172,17 @@ def decide(want: Intent, children: Children, uid: str) -> Decision:
         if kind not in wanted and (seen := children.get(kind)) is not None and owned_by(seen, uid)
     )
     return Decision(want, tuple(apply), delete, tuple(conflicts))
+
+
+def serving(workload: Obj | None) -> bool:
+    """Whether a workload (Deployment or LeaderWorkerSet) has all its replicas updated and
+    Ready, as last seen."""
+    if workload is None:
+        return False
+    spec: Mapping[str, Any] = workload.get("spec") or {}
+    status: Mapping[str, Any] = workload.get("status") or {}
+    want = int(spec.get("replicas", 1))
+    return (
+        int(status.get("readyReplicas") or 0) >= want
+        and int(status.get("updatedReplicas") or 0) >= want
+    )

@@ -13,6 +13,7 @@ from typing import Any
 import kopf
 
 from gantry_operator.controller import Controller
+from gantry_operator.manifests.leaderworkerset import CRD as LWS_CRD
 from gantry_operator.spec import GROUP, PLURAL, VERSION
 from gantry_operator.store import POD
 
@@ -84,3 +85,31 @@ def watch_nodes() -> None:
     cluster; a namespace-scoped operator has no cluster-wide access and uses the profiles."""
     kopf.index("v1", "nodes", id="nodes-store")(node_seen)
     kopf.on.event("v1", "nodes", id="nodes-events")(node_event)
+
+
+def watch_leader_worker_sets() -> None:
+    """LeaderWorkerSets (multi-node replicas) and whether their CRD is installed: only when the
+    cluster policy enables multi-node (the operator then has, and needs, access to them). kopf
+    starts the LeaderWorkerSet watch by itself once the CRD appears."""
+    _watch_child("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", "LeaderWorkerSet")
+    _watch_crds(LWS_CRD)
+
+
+def _watch_crds(*names: str) -> None:
+    wanted = frozenset(names)
+
+    def ours(name: str, **_: Any) -> bool:
+        return name in wanted
+
+    async def seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        _controller(memo).crd_seen(dict(body))
+
+    async def changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        if event["type"] == "DELETED":
+            _controller(memo).crd_deleted(event["object"])
+        else:
+            _controller(memo).crd_seen(event["object"])
+
+    resource = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+    kopf.index(*resource, id="crds-store", when=ours)(seen)
+    kopf.on.event(*resource, id="crds-events", when=ours)(changed)

@@ -111,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     prometheus_client.start_http_server(int(port), addr=host or "0.0.0.0")
     if config.policy.network.enabled:
         handlers.watch_network_policies()  # the other handlers register on import
+    if config.policy.multi_node.enabled:
+        handlers.watch_leader_worker_sets()
     if not args.namespace:
         handlers.watch_nodes()
     # Named namespaces only (no kopf patterns such as `llm-*`): no cluster-wide reads needed.

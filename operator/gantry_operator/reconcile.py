@@ -19,7 +19,8 @@ from gantry_operator import desired, k8s, manifests, metrics, status
 from gantry_operator.config import OperatorConfig
 from gantry_operator.execute import Outcome, execute
 from gantry_operator.manifests.common import selector_string
-from gantry_operator.store import MODEL_DEPLOYMENT, Children, Key, Store, owned_by
+from gantry_operator.manifests.leaderworkerset import KIND as LWS_KIND
+from gantry_operator.store import MODEL_DEPLOYMENT, WORKLOAD_KINDS, Children, Key, Store, owned_by
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +46,26 @@ class Reconciler:
 
     def __init__(self, store: Store, config: OperatorConfig) -> None:
         self.store, self.config = store, config
-        self._intents: dict[str, tuple[int, desired.Intent]] = {}
+        self._intents: dict[str, tuple[tuple[int, frozenset[str]], desired.Intent]] = {}
         self._lock = threading.Lock()
 
     def intent(self, md: Mapping[str, Any]) -> desired.Intent:
-        """The intent for the object's current generation and node pool (computed once each)."""
+        """The intent for the object's current generation, node pool and optional CRDs
+        (computed once each)."""
         uid, generation = md["metadata"]["uid"], int(md["metadata"].get("generation") or 0)
-        pool, nodes = self.store.nodes()
+        version, nodes = self.store.nodes()
+        crds = self.store.crds()
         with self._lock:
             cached = self._intents.get(uid)
-        if cached is not None and cached[0] == pool and cached[1].generation == generation:
+        if (
+            cached is not None
+            and cached[0] == (version, crds)
+            and cached[1].generation == generation
+        ):
             return cached[1]
-        fresh = desired.intent(md, self.config, nodes)
+        fresh = desired.intent(md, self.config, nodes, crds)
         with self._lock:
-            self._intents[uid] = (pool, fresh)
+            self._intents[uid] = ((version, crds), fresh)
         return fresh
 
     def forget(self, uid: str) -> None:
@@ -131,30 +138,42 @@ def _observe(
             f"the API server refused {outcome.rejected}; fix the spec field it names",
         )
     applied = problem is None or problem.reason in desired.REFUSALS
-    deployment = children.get("Deployment")
-    if deployment is not None and not owned_by(deployment, meta["uid"]):
-        deployment = None
-    dep_status: Mapping[str, Any] = (deployment or {}).get("status") or {}
-    dep_spec: Mapping[str, Any] = (deployment or {}).get("spec") or {}
+    workload = _workload(want, children, meta["uid"])
+    dep_status: Mapping[str, Any] = (workload or {}).get("status") or {}
+    dep_spec: Mapping[str, Any] = (workload or {}).get("spec") or {}
+    groups = workload is not None and workload["kind"] == LWS_KIND
     spec = want.spec
-    selector = selector_string(spec) if spec else previous.get("selector", "")
-    pods = children.pods if deployment is not None else ()
+    selector = selector_string(spec, leaders_only=groups) if spec else previous.get("selector", "")
+    pods = children.pods if workload is not None else ()
     return status.Observed(
         generation=generation,
         observed_generation=generation if applied else int(previous.get("observedGeneration") or 0),
         model=want.model or str((md.get("spec") or {}).get("model", {}).get("preset") or ""),
         problem=problem,
-        workload=deployment is not None,
+        workload=workload is not None,
         desired=int(dep_spec.get("replicas") or 0),
         replicas=int(dep_status.get("replicas") or 0),
         ready=int(dep_status.get("readyReplicas") or 0),
         updated=int(dep_status.get("updatedReplicas") or 0),
         unschedulable=status.unschedulable(pods),
-        failure=status.deployment_failure(deployment) or status.pod_failure(pods),
+        failure=status.deployment_failure(workload) or status.pod_failure(pods),
         plan=want.plan.to_status() if want.plan and problem is None else None,
         selector=selector,
         endpoint=manifests.endpoint(spec) if spec else previous.get("endpoint", ""),
     )
+
+
+def _workload(want: desired.Intent, children: Children, uid: str) -> Mapping[str, Any] | None:
+    """The workload that serves the ModelDeployment: the one the intent calls for once it
+    serves, until then the one that still serves (or the intended one, while none does)."""
+    owned = [obj for kind in WORKLOAD_KINDS if (obj := children.get(kind)) and owned_by(obj, uid)]
+    intended = {obj["kind"] for obj in want.objects}
+    wanted = [obj for obj in owned if obj["kind"] in intended]
+    if wanted and desired.serving(wanted[0]):
+        return wanted[0]
+    others = [obj for obj in owned if obj["kind"] not in intended and desired.serving(obj)]
+    candidates = others or wanted or owned
+    return candidates[0] if candidates else None
 
 
 def _announce(md: Mapping[str, Any], previous: Mapping[str, Any], new: Mapping[str, Any]) -> None:

@@ -21,8 +21,11 @@ Obj = Mapping[str, Any]
 Key = tuple[str, str]
 
 MODEL_DEPLOYMENT = KIND
-#: The child kinds named like their ModelDeployment (NetworkPolicy only with the policy).
-CHILD_KINDS = ("Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy")
+#: The child kinds named like their ModelDeployment (NetworkPolicy only with the policy;
+#: LeaderWorkerSet, the workload of multi-node replicas, only with multi-node enabled).
+CHILD_KINDS = ("Deployment", "LeaderWorkerSet", "Service", "PodDisruptionBudget", "NetworkPolicy")
+#: The workload kinds: exactly one of them serves a ModelDeployment.
+WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet")
 POD = "Pod"
 NODE = "Node"
 MD_LABEL = "gantry.dev/model-deployment"
@@ -102,6 +105,32 @@ class Store:
         #: that moves only when one of those changes (not on every node heartbeat).
         self._nodes: dict[str, Obj] = {}
         self.pool_version = 0
+        #: Names of the optional CRDs (LeaderWorkerSet, ...) that are established.
+        self._crds: frozenset[str] = frozenset()
+
+    def put_crd(self, crd: Obj) -> bool:
+        """Record a CustomResourceDefinition's Established condition; True when that changed."""
+        conditions = (crd.get("status") or {}).get("conditions") or []
+        established = any(
+            c.get("type") == "Established" and c.get("status") == "True" for c in conditions
+        )
+        name = str(crd["metadata"]["name"])
+        with self._lock:
+            before = self._crds
+            self._crds = before | {name} if established else before - {name}
+            return self._crds != before
+
+    def remove_crd(self, crd: Obj) -> bool:
+        name = str(crd["metadata"]["name"])
+        with self._lock:
+            before = self._crds
+            self._crds = before - {name}
+            return self._crds != before
+
+    def crds(self) -> frozenset[str]:
+        """The optional CRDs established in the cluster (an input of every intent)."""
+        with self._lock:
+            return self._crds
 
     def put_node(self, node: Obj) -> None:
         slim = {

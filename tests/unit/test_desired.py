@@ -11,9 +11,10 @@ import pytest
 import yaml
 
 from gantry_operator import drift
-from gantry_operator.cluster_policy import NetworkPolicySettings, Policy
+from gantry_operator.cluster_policy import MultiNodeSettings, NetworkPolicySettings, Policy
 from gantry_operator.config import OperatorConfig
 from gantry_operator.desired import Decision, Intent, decide, intent
+from gantry_operator.manifests.leaderworkerset import CRD as LWS_CRD
 from gantry_operator.store import Children
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
@@ -201,8 +202,90 @@ def test_gpus_per_node_come_from_the_node_pool() -> None:
     md["spec"]["serving"]["maxContextLength"] = 131072
     four = intent(md, OperatorConfig(), [l4_node(4)])
     assert four.problem is not None
-    assert four.problem.reason == "NeedsMultiNode"
+    assert four.problem.reason == "MultiNodeUnavailable"
     eight = intent(md, OperatorConfig(), [l4_node(4), l4_node(8)])
     assert eight.problem is None
     assert eight.plan is not None
     assert (eight.plan.tensor_parallel_size, eight.plan.nodes_per_replica) == (8, 1)
+
+
+MULTI_NODE = OperatorConfig(policy=Policy(multi_node=MultiNodeSettings(enabled=True)))
+
+
+def kimi(replicas: int = 1) -> dict[str, Any]:
+    md = model_deployment(replicas=replicas)
+    md["spec"].update(model={"preset": "kimi-k2"}, gpu={"type": "H200"})
+    md["spec"]["serving"]["maxContextLength"] = 131072
+    return md
+
+
+@pytest.mark.parametrize(
+    ("config", "crds", "says"),
+    [
+        (OperatorConfig(), frozenset({LWS_CRD}), "leaderWorkerSet.enabled=true"),
+        (MULTI_NODE, frozenset(), f"its CRD {LWS_CRD} is not installed"),
+    ],
+)
+def test_multi_node_without_leader_worker_set_creates_nothing(
+    config: OperatorConfig, crds: frozenset[str], says: str
+) -> None:
+    want = intent(kimi(), config, crds=crds)
+    assert want.problem is not None
+    assert want.problem.reason == "MultiNodeUnavailable"
+    assert says in want.problem.message
+    assert "H200 or B200" in want.problem.message or "more memory" in want.problem.message
+    assert decide(want, Children(), UID).apply == ()
+
+
+def test_multi_node_replicas_are_leader_worker_set_groups() -> None:
+    want = intent(kimi(replicas=2), MULTI_NODE, crds=frozenset({LWS_CRD}))
+    assert want.problem is None
+    assert want.plan is not None
+    assert kinds(decide(want, Children(), UID)) == [
+        "LeaderWorkerSet", "Service", "PodDisruptionBudget"
+    ]  # fmt: skip
+    lws = next(o for o in want.objects if o["kind"] == "LeaderWorkerSet")
+    template = lws["spec"]["leaderWorkerTemplate"]
+    assert lws["spec"]["replicas"] == 2
+    assert template["size"] == want.plan.nodes_per_replica > 1
+    assert template["restartPolicy"] == "RecreateGroupOnPodRestart"
+    per_node = str(want.plan.gpus_per_replica // want.plan.nodes_per_replica)
+    for role in ("leaderTemplate", "workerTemplate"):
+        (container,) = template[role]["spec"]["containers"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == per_node
+    (leader,) = template["leaderTemplate"]["spec"]["containers"]
+    (worker,) = template["workerTemplate"]["spec"]["containers"]
+    assert "readinessProbe" in leader
+    assert "readinessProbe" not in worker
+    service = next(o for o in want.objects if o["kind"] == "Service")
+    assert service["spec"]["selector"]["leaderworkerset.sigs.k8s.io/worker-index"] == "0"
+
+
+def test_exclusive_topology_comes_from_the_cluster_policy() -> None:
+    settings = MultiNodeSettings(enabled=True, exclusive_topology_key="example.com/rack")
+    config = OperatorConfig(policy=Policy(multi_node=settings))
+    want = intent(kimi(), config, crds=frozenset({LWS_CRD}))
+    lws = next(o for o in want.objects if o["kind"] == "LeaderWorkerSet")
+    annotations = lws["metadata"]["annotations"]
+    assert annotations["leaderworkerset.sigs.k8s.io/exclusive-topology"] == "example.com/rack"
+
+
+def _ready(obj: Any, ready: int) -> dict[str, Any]:
+    served = as_served(obj, uid=f"{obj['kind']}-uid")
+    served["status"] = {"readyReplicas": ready, "updatedReplicas": ready}
+    return served
+
+
+def test_a_move_to_multi_node_keeps_the_deployment_until_the_groups_serve() -> None:
+    single = intent(model_deployment(), OperatorConfig())
+    deployment = _ready(next(o for o in single.objects if o["kind"] == "Deployment"), 1)
+    want = intent(kimi(), MULTI_NODE, crds=frozenset({LWS_CRD}))
+    lws = next(o for o in want.objects if o["kind"] == "LeaderWorkerSet")
+    loading = decide(
+        want, Children({"Deployment": deployment, "LeaderWorkerSet": _ready(lws, 0)}), UID
+    )
+    assert loading.delete == ()
+    served = decide(
+        want, Children({"Deployment": deployment, "LeaderWorkerSet": _ready(lws, 1)}), UID
+    )
+    assert [ref.kind for ref in served.delete] == ["Deployment"]

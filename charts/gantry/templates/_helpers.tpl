@@ -120,6 +120,7 @@ list is empty, so the autoscaler can scrape the runtime pods it protects.
 {{- if .Values.runtime.image.repository -}}
 {{- $_ := set $runtime "image" (include "gantry.image" (dict "image" .Values.runtime.image "global" .Values.global "default" "")) -}}
 {{- end -}}
-{{- $policy := dict "residency" .Values.residency "networkPolicy" $np "runtime" $runtime -}}
+{{- $multiNode := dict "enabled" .Values.leaderWorkerSet.enabled "exclusiveTopologyKey" .Values.leaderWorkerSet.exclusiveTopologyKey -}}
+{{- $policy := dict "residency" .Values.residency "networkPolicy" $np "multiNode" $multiNode "runtime" $runtime -}}
 {{- toYaml $policy -}}
 {{- end -}}

@@ -7,10 +7,11 @@ propagates it like any ``kubectl scale``; the ``status.autoscaler`` block is the
 own (server-side apply, field manager ``gantry-autoscaler``).
 
 Every scrape is bounded (DESIGN.md 4.12): a byte limit, a deadline and a concurrency limit
-shared by all pods. Only pods of the ReplicaSets of the Deployment this ModelDeployment
-controls are scraped; a pod past a bound is skipped, counted, reported with an Event (at most
-one per ModelDeployment and kind of failure in ten minutes), and retried with a backoff (1, 2,
-4 ... ticks, at most a minute) rather than every tick.
+shared by all pods. Only the serving pods of the workload this ModelDeployment controls are
+scraped (of its Deployment's ReplicaSets, or the leaders of its LeaderWorkerSet groups); a pod
+past a bound is skipped, counted, reported with an Event (at most one per ModelDeployment and
+kind of failure in ten minutes), and retried with a backoff (1, 2, 4 ... ticks, at most a
+minute) rather than every tick.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from gantry_operator import k8s, metrics
 from gantry_operator.autoscaling import policy
 from gantry_operator.config import ScrapeLimits
+from gantry_operator.manifests.common import LEADER_LABEL
+from gantry_operator.manifests.leaderworkerset import KIND as LWS_KIND
+from gantry_operator.manifests.leaderworkerset import SET_NAME_LABEL
 from gantry_operator.reconcile import Reconciler
 from gantry_operator.spec import ModelDeploymentSpec
 from gantry_operator.store import Children, Key, Store, controller_of, key_of, owned_by
@@ -100,25 +104,38 @@ async def scrape(
 
 
 def our_ready_pods(children: Children, uid: str) -> list[tuple[str, str]]:
-    """(pod name, IP) of the ready pods that the Deployment this ModelDeployment controls made.
+    """(pod name, IP) of the ready serving pods of the workload this ModelDeployment controls.
 
-    A pod counts only if its controller is the ReplicaSet named after that Deployment and the
-    pod's template hash, as the Deployment controller names them."""
+    A pod counts only if its controller is what that workload makes: for a Deployment the
+    ReplicaSet named after it and the pod's template hash; for a LeaderWorkerSet (multi-node
+    groups) its leader StatefulSet, named like it, and only the leaders (the workers serve no
+    HTTP and hold no metrics of their own)."""
+    expected: Callable[[Mapping[str, Any]], tuple[str, str]] | None = None
     deployment = children.get("Deployment")
-    if deployment is None or not owned_by(deployment, uid):
+    groups = children.get(LWS_KIND)
+    if deployment is not None and owned_by(deployment, uid):
+        name = deployment["metadata"]["name"]
+
+        def expected(labels: Mapping[str, Any]) -> tuple[str, str]:
+            return "ReplicaSet", f"{name}-{labels.get('pod-template-hash')}"
+
+    elif groups is not None and owned_by(groups, uid):
+        name = groups["metadata"]["name"]
+
+        def expected(labels: Mapping[str, Any]) -> tuple[str, str]:
+            leader = labels.get(LEADER_LABEL) == "0" and labels.get(SET_NAME_LABEL) == name
+            return ("StatefulSet", name) if leader else ("", "")
+
+    if expected is None:
         return []
     ready = []
     for pod in children.pods:
         meta = pod["metadata"]
         ref = controller_of(pod) or {}
-        expected = (
-            f"{deployment['metadata']['name']}-{meta.get('labels', {}).get('pod-template-hash')}"
-        )
         status = pod.get("status") or {}
         conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
         if (
-            ref.get("kind") == "ReplicaSet"
-            and ref.get("name") == expected
+            (ref.get("kind"), ref.get("name")) == expected(meta.get("labels") or {})
             and conditions.get("Ready") == "True"
             and status.get("podIP")
             and not meta.get("deletionTimestamp")

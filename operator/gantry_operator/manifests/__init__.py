@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from gantry_operator.cluster_policy import NetworkPolicySettings
+from gantry_operator.cluster_policy import MultiNodeSettings, NetworkPolicySettings
 from gantry_operator.manifests.common import Owner, labels, selector_labels
 from gantry_operator.manifests.deployment import build_deployment
 from gantry_operator.manifests.launch import launch_spec
+from gantry_operator.manifests.leaderworkerset import build_leader_worker_set
 from gantry_operator.manifests.network import build_network_policy
 from gantry_operator.manifests.service import build_pdb, build_service, endpoint
 from gantry_operator.planner import Plan
@@ -21,6 +22,7 @@ __all__ = [
     "Owner",
     "build_all",
     "build_deployment",
+    "build_leader_worker_set",
     "build_network_policy",
     "build_pdb",
     "build_service",
@@ -37,13 +39,23 @@ def build_all(
     *,
     owner: Owner,
     network: NetworkPolicySettings | None = None,
+    multi_node: MultiNodeSettings | None = None,
 ) -> list[dict[str, Any]]:
-    """Every child object, in apply order. The PDB exists only with more than one replica, the
-    NetworkPolicy only when the cluster policy asks for it (and before the pods exist)."""
+    """Every child object, in apply order. The workload is a Deployment when a replica fits
+    one node and a LeaderWorkerSet (one group per replica) when it spans nodes. The PDB
+    exists only with more than one replica (its one disruption at a time is one replica, or
+    one group, down at most), the NetworkPolicy only when the cluster policy asks for it (and
+    before the pods exist)."""
     objects = []
     if network is not None and network.enabled:
         objects.append(build_network_policy(spec, owner=owner, settings=network))
-    objects += [build_deployment(spec, plan, owner=owner), build_service(spec, owner=owner)]
+    groups = plan.nodes_per_replica > 1
+    if groups:
+        settings = multi_node or MultiNodeSettings(enabled=True)
+        objects.append(build_leader_worker_set(spec, plan, owner=owner, settings=settings))
+    else:
+        objects.append(build_deployment(spec, plan, owner=owner))
+    objects.append(build_service(spec, owner=owner, leaders_only=groups))
     if spec.replicas > 1:
         objects.append(build_pdb(spec, owner=owner))
     return objects

@@ -10,6 +10,8 @@ from gantry_operator.spec import API_VERSION, KIND, ModelDeploymentSpec
 MANAGED_BY = "gantry"
 MD_LABEL = "gantry.dev/model-deployment"
 COMPONENT_RUNTIME = "runtime"
+#: The LeaderWorkerSet controller's pod label; "0" marks a group's leader.
+LEADER_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
 
 
 @dataclass(frozen=True)
@@ -34,8 +36,13 @@ def selector_labels(spec: ModelDeploymentSpec) -> dict[str, str]:
     return {MD_LABEL: spec.name, "app.kubernetes.io/component": COMPONENT_RUNTIME}
 
 
-def selector_string(spec: ModelDeploymentSpec) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(spec).items()))
+def selector_string(spec: ModelDeploymentSpec, *, leaders_only: bool = False) -> str:
+    """The label selector of the pods that serve (status.selector, for HPAs and KEDA): with
+    multi-node groups only the leaders."""
+    labels = selector_labels(spec)
+    if leaders_only:
+        labels[LEADER_LABEL] = "0"
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 def labels(spec: ModelDeploymentSpec) -> dict[str, str]:

@@ -11,7 +11,7 @@ from gantry_operator.manifests.common import COMPONENT_RUNTIME, Owner, metadata,
 from gantry_operator.manifests.launch import CACHE_DIR, build_env, launch_spec
 from gantry_operator.planner import Plan
 from gantry_operator.spec import MODEL_MOUNT, ModelDeploymentSpec
-from gantry_runtime.launchspec import PORT
+from gantry_runtime.launchspec import PORT, LaunchSpec
 
 RUNTIME_UID = 1000
 REGION_LABEL = "topology.kubernetes.io/region"
@@ -45,8 +45,7 @@ def _node_affinity(spec: ModelDeploymentSpec) -> dict[str, Any]:
     return {**user, "nodeAffinity": node_affinity}
 
 
-def _resources(spec: ModelDeploymentSpec, plan: Plan, shm_gib: int) -> dict[str, Any]:
-    gpus = plan.gpus_per_replica
+def _resources(spec: ModelDeploymentSpec, gpus: int, shm_gib: int) -> dict[str, Any]:
     requests = {"cpu": str(2 * gpus + 2), "memory": f"{16 + 8 * gpus}Gi"}
     requests.update(dict(spec.runtime.requests))
     limits: dict[str, str] = {"memory": f"{16 + 8 * gpus + shm_gib}Gi"}
@@ -109,11 +108,34 @@ def _volumes(spec: ModelDeploymentSpec, shm_size: str) -> tuple[list[Any], list[
     return sorted(volumes, key=lambda v: v["name"]), sorted(mounts, key=lambda m: m["name"])
 
 
+def _env(
+    spec: ModelDeploymentSpec, launch: LaunchSpec, extra: tuple[dict[str, Any], ...]
+) -> list[dict[str, Any]]:
+    """The launch env with ``extra`` (multi-node settings) under it: the user's entries win."""
+    env = {str(e["name"]): e for e in extra}
+    env.update({str(e["name"]): e for e in build_env(spec, launch)})
+    return [env[name] for name in sorted(env)]
+
+
+def pod_gpus(plan: Plan) -> int:
+    """GPUs one runtime pod holds: the whole replica, or one node's share of a multi-node one."""
+    return plan.gpus_per_replica // plan.nodes_per_replica
+
+
 def shm_size(spec: ModelDeploymentSpec, plan: Plan) -> str:
-    return spec.runtime.shm_size or f"{max(2, 2 * plan.gpus_per_replica)}Gi"
+    return spec.runtime.shm_size or f"{max(2, 2 * pod_gpus(plan))}Gi"
 
 
-def build_deployment(spec: ModelDeploymentSpec, plan: Plan, *, owner: Owner) -> dict[str, Any]:
+def pod_template(
+    spec: ModelDeploymentSpec,
+    plan: Plan,
+    *,
+    labels: dict[str, str],
+    serves: bool = True,
+    extra_env: tuple[dict[str, Any], ...] = (),
+) -> dict[str, Any]:
+    """The runtime pod template. ``serves``: the pod answers HTTP (a single-node replica or a
+    multi-node group's leader) and gets the HTTP probes; a headless worker gets none."""
     launch = launch_spec(spec, plan)
     shm = shm_size(spec, plan)
     shm_gib = math.ceil(int(shm[:-2]) / (1 if shm.endswith("Gi") else 1024))
@@ -128,9 +150,9 @@ def build_deployment(spec: ModelDeploymentSpec, plan: Plan, *, owner: Owner) -> 
         "image": spec.runtime.image,
         "imagePullPolicy": spec.runtime.image_pull_policy,
         "args": ["serve"],
-        "env": build_env(spec, launch),
+        "env": _env(spec, launch, extra_env),
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
-        "resources": _resources(spec, plan, shm_gib),
+        "resources": _resources(spec, pod_gpus(plan), shm_gib),
         "volumeMounts": mounts,
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -140,7 +162,7 @@ def build_deployment(spec: ModelDeploymentSpec, plan: Plan, *, owner: Owner) -> 
             "runAsUser": RUNTIME_UID,
             "runAsGroup": RUNTIME_UID,
         },
-        **_probes(plan),
+        **(_probes(plan) if serves else {}),
     }
     pod_spec: dict[str, Any] = {
         "containers": [container],
@@ -162,6 +184,20 @@ def build_deployment(spec: ModelDeploymentSpec, plan: Plan, *, owner: Owner) -> 
         pod_spec["priorityClassName"] = spec.scheduling.priority_class_name
     if spec.runtime.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": n} for n in spec.runtime.image_pull_secrets]
+    return {
+        "metadata": {
+            "labels": dict(labels),
+            "annotations": {"kubectl.kubernetes.io/default-container": COMPONENT_RUNTIME},
+        },
+        "spec": pod_spec,
+    }
+
+
+def progress_deadline_seconds(plan: Plan) -> int:
+    return max(600, 3 * plan.expected_load_seconds) + 300
+
+
+def build_deployment(spec: ModelDeploymentSpec, plan: Plan, *, owner: Owner) -> dict[str, Any]:
     meta = metadata(spec, owner)
     return {
         "apiVersion": "apps/v1",
@@ -177,13 +213,7 @@ def build_deployment(spec: ModelDeploymentSpec, plan: Plan, *, owner: Owner) -> 
                 "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
             },
             "revisionHistoryLimit": 3,
-            "progressDeadlineSeconds": max(600, 3 * plan.expected_load_seconds) + 300,
-            "template": {
-                "metadata": {
-                    "labels": dict(meta["labels"]),
-                    "annotations": {"kubectl.kubernetes.io/default-container": COMPONENT_RUNTIME},
-                },
-                "spec": pod_spec,
-            },
+            "progressDeadlineSeconds": progress_deadline_seconds(plan),
+            "template": pod_template(spec, plan, labels=meta["labels"]),
         },
     }
