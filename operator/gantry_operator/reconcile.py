@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from gantry_operator import desired, k8s, manifests, metrics, status
@@ -47,6 +48,9 @@ class Reconciler:
     def __init__(self, store: Store, config: OperatorConfig) -> None:
         self.store, self.config = store, config
         self._intents: dict[str, tuple[tuple[int, frozenset[str]], desired.Intent]] = {}
+        #: Multi-node groups: the leaders last seen per ModelDeployment uid (to count group
+        #: recreations between reconciles; the count itself lives in status.groupRestarts).
+        self._leaders: dict[str, status.Leaders] = {}
         self._lock = threading.Lock()
 
     def intent(self, md: Mapping[str, Any]) -> desired.Intent:
@@ -71,6 +75,20 @@ class Reconciler:
     def forget(self, uid: str) -> None:
         with self._lock:
             self._intents.pop(uid, None)
+            self._leaders.pop(uid, None)
+
+    def _group_restarts(self, md: Mapping[str, Any], children: Children) -> int | None:
+        """status.groupRestarts: what it said, plus the group recreations seen since."""
+        groups = children.get(LWS_KIND)
+        uid = md["metadata"]["uid"]
+        if groups is None or not owned_by(groups, uid):
+            return None
+        now = status.group_leaders(children.pods)
+        with self._lock:
+            before = self._leaders.get(uid, {})
+            self._leaders[uid] = {**before, **now}
+        previous = int((md.get("status") or {}).get("groupRestarts") or 0)
+        return previous + status.group_recreations(before, now)
 
     def reconcile(self, key: Key) -> str | None:
         """Converge one ModelDeployment; returns the phase, or None if it is gone."""
@@ -101,7 +119,10 @@ class Reconciler:
         want = self.intent(md)
         decision = desired.decide(want, self.store.children(key), uid)
         outcome = execute(decision, self.store) if _writes(decision) else Outcome()
-        observed = _observe(md, want, outcome, self.store.children(key))
+        now_children = self.store.children(key)
+        observed = _observe(md, want, outcome, now_children)
+        if observed.workload:
+            observed = replace(observed, group_restarts=self._group_restarts(md, now_children))
         previous: Mapping[str, Any] = md.get("status") or {}
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         new = status.compute(previous, observed, now=now)

@@ -42,6 +42,13 @@ class Observed:
     failure: Problem | None = None
     #: The generation the operator has acted on (the current one unless the write failed).
     observed_generation: int | None = None
+    #: Multi-node replicas: group recreations seen so far (None: not a multi-node workload).
+    group_restarts: int | None = None
+
+
+#: Group recreations after which a multi-node model that is not fully Ready is Degraded with
+#: reason GroupRestartLoop (LeaderWorkerSet itself recreates a group without limit).
+GROUP_RESTART_BOUND = 3
 
 
 def _cond(type_: str, status: bool, reason: str, message: str) -> dict[str, Any]:
@@ -95,11 +102,23 @@ def conditions(obs: Observed) -> list[dict[str, Any]]:
             f"The last good workload keeps serving; the new spec was not applied: "
             f"{problem.message}",
         )  # fmt: skip
+    elif restart_loop(obs):
+        last = f"; last failure: {failure.message}" if failure else ""
+        degraded = _cond(
+            DEGRADED, True, "GroupRestartLoop",
+            f"multi-node groups were recreated {obs.group_restarts} times (bound "
+            f"{GROUP_RESTART_BOUND}) and {counts}: a pod of each group keeps failing or "
+            f"disappearing{last}; see `kubectl logs` of the group's pods and their events",
+        )  # fmt: skip
     elif failure and obs.desired > 0 and obs.ready < obs.desired:
         degraded = _cond(DEGRADED, True, failure.reason, failure.message)
     else:
         degraded = _cond(DEGRADED, False, "AsExpected", "The current spec is applied")
     return [ready, progressing, degraded]
+
+
+def restart_loop(obs: Observed) -> bool:
+    return (obs.group_restarts or 0) > GROUP_RESTART_BOUND and obs.ready < obs.desired
 
 
 def phase(conds: Sequence[Mapping[str, Any]], obs: Observed) -> str:
@@ -153,6 +172,8 @@ def compute(previous: Mapping[str, Any], obs: Observed, *, now: str) -> dict[str
     }
     if obs.selector:
         status["selector"] = obs.selector
+    if obs.group_restarts is not None:
+        status["groupRestarts"] = obs.group_restarts
     if obs.endpoint and obs.workload:
         status["endpoint"] = obs.endpoint
     plan = obs.plan if obs.plan is not None else previous.get("plan")
@@ -164,7 +185,7 @@ def compute(previous: Mapping[str, Any], obs: Observed, *, now: str) -> dict[str
 #: The status fields the operator writes (``autoscaler`` belongs to the autoscaler).
 OPERATOR_FIELDS = (
     "observedGeneration", "phase", "model", "replicas", "readyReplicas", "conditions",
-    "selector", "endpoint", "plan",
+    "selector", "endpoint", "plan", "groupRestarts",
 )  # fmt: skip
 
 
@@ -220,3 +241,36 @@ def deployment_failure(deployment: Mapping[str, Any] | None) -> Problem | None:
         if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
             return Problem("ProgressDeadlineExceeded", str(cond.get("message")))
     return None
+
+
+#: LeaderWorkerSet's pod labels: which group a pod belongs to, its index in the group, and the
+#: template revision it was made from.
+GROUP_INDEX = "leaderworkerset.sigs.k8s.io/group-index"
+WORKER_INDEX = "leaderworkerset.sigs.k8s.io/worker-index"
+REVISION = "leaderworkerset.sigs.k8s.io/template-revision-hash"
+
+Leaders = Mapping[str, tuple[str, str]]
+
+
+def group_leaders(pods: Sequence[Mapping[str, Any]]) -> dict[str, tuple[str, str]]:
+    """group index -> (leader pod uid, template revision) of the leaders present."""
+    leaders = {}
+    for pod in pods:
+        labels = pod["metadata"].get("labels") or {}
+        if labels.get(WORKER_INDEX) == "0" and GROUP_INDEX in labels:
+            leaders[str(labels[GROUP_INDEX])] = (
+                str(pod["metadata"].get("uid")),
+                str(labels.get(REVISION, "")),
+            )
+    return leaders
+
+
+def group_recreations(before: Leaders, now: Leaders) -> int:
+    """Groups whose leader was replaced by one of the same template revision: LeaderWorkerSet
+    recreated the group after a failure (an update changes the revision; a scale-down removes
+    the group index)."""
+    return sum(
+        1
+        for group, (uid, revision) in now.items()
+        if group in before and before[group][0] != uid and before[group][1] == revision
+    )

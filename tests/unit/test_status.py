@@ -10,6 +10,7 @@ import pytest
 
 from gantry_operator.status import (
     DEGRADED,
+    GROUP_RESTART_BOUND,
     PROGRESSING,
     READY,
     Observed,
@@ -18,6 +19,8 @@ from gantry_operator.status import (
     compute,
     conditions,
     deployment_failure,
+    group_leaders,
+    group_recreations,
     merge_conditions,
     phase,
     pod_failure,
@@ -330,3 +333,46 @@ def test_phase_uses_the_conditions() -> None:
     assert phase(conds, obs) == "Ready"
     degraded = [{**c, "status": "True"} if c["type"] == DEGRADED else c for c in conds]
     assert phase(degraded, obs) == "Degraded"
+
+
+def leader(group: int, uid: str, revision: str = "r1") -> dict[str, Any]:
+    labels = {
+        "leaderworkerset.sigs.k8s.io/worker-index": "0",
+        "leaderworkerset.sigs.k8s.io/group-index": str(group),
+        "leaderworkerset.sigs.k8s.io/template-revision-hash": revision,
+    }
+    return {"metadata": {"name": f"m-{group}", "uid": uid, "labels": labels}}
+
+
+def worker(group: int, uid: str) -> dict[str, Any]:
+    pod = leader(group, uid)
+    pod["metadata"]["labels"]["leaderworkerset.sigs.k8s.io/worker-index"] = "1"
+    return pod
+
+
+def test_group_recreations_count_new_leaders_of_the_same_revision() -> None:
+    before = group_leaders([leader(0, "a"), worker(0, "w"), leader(1, "b")])
+    assert before == {"0": ("a", "r1"), "1": ("b", "r1")}
+    recreated = group_leaders([leader(0, "a2"), leader(1, "b")])
+    assert group_recreations(before, recreated) == 1
+    # An update (new revision) and a new group (scale-up) are not restarts.
+    assert group_recreations(before, group_leaders([leader(0, "a3", "r2"), leader(2, "c")])) == 0
+
+
+def test_a_group_restart_loop_degrades_with_the_bound_and_the_last_failure() -> None:
+    failing = observed(
+        desired=1,
+        ready=0,
+        group_restarts=GROUP_RESTART_BOUND + 1,
+        failure=Problem("CrashLoopBackOff", "pod m-0-1: leader m-0.m did not answer"),
+    )
+    degraded = by_type(conditions(failing))["Degraded"]
+    assert degraded["status"] == "True"
+    assert degraded["reason"] == "GroupRestartLoop"
+    assert f"{GROUP_RESTART_BOUND + 1} times (bound {GROUP_RESTART_BOUND})" in degraded["message"]
+    assert "leader m-0.m did not answer" in degraded["message"]
+    status = compute({}, failing, now="2026-12-03T00:00:00Z")
+    assert status["groupRestarts"] == GROUP_RESTART_BOUND + 1
+    within = replace(failing, group_restarts=GROUP_RESTART_BOUND)
+    assert by_type(conditions(within))["Degraded"]["reason"] == "CrashLoopBackOff"
+    assert "groupRestarts" not in compute({}, replace(failing, group_restarts=None), now="x")
