@@ -20,7 +20,7 @@ import yaml
 
 from gantry_operator import desired, gpus, manifests, planner
 from gantry_operator.catalog import presets
-from gantry_operator.cluster_policy import load_policy
+from gantry_operator.cluster_policy import MultiNodeSettings, Policy, load_policy
 from gantry_operator.config import OperatorConfig
 from gantry_operator.gpus import GIB
 from gantry_operator.manifests.leaderworkerset import CRD as LWS_CRD
@@ -210,7 +210,10 @@ def _render(args: argparse.Namespace, out: TextIO) -> int:
         if Path(args.file).is_dir()
         else [args.file]
     )
-    config = OperatorConfig(policy=load_policy(args.policy))
+    # Without a policy file: a cluster with no extra rules, LeaderWorkerSet installed and
+    # enabled (multi-node models render as their groups).
+    policy = load_policy(args.policy) if args.policy else Policy(multi_node=MultiNodeSettings(True))
+    config = OperatorConfig(policy=policy)
     objects: list[dict[str, Any]] = []
     for path in paths:
         for doc in _documents(path):
@@ -291,7 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--argv", action="store_true", help="print the vllm serve command line instead")
     r.add_argument(
-        "--policy", default=None, help="cluster policy file to check against (as the operator)"
+        "--policy",
+        default=None,
+        help="cluster policy file to check against (as the operator); without one, no extra "
+        "rules and multi-node replicas as LeaderWorkerSet groups",
     )
     r.add_argument("-o", "--output", choices=["json", "yaml"], default="yaml", help="format")
     return parser

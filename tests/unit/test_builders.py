@@ -22,6 +22,7 @@ import yaml
 
 from gantry_operator import manifests, planner
 from gantry_operator.manifests import Owner, build_all, build_deployment, launch_spec
+from gantry_operator.manifests.common import LEADER_LABEL
 from gantry_operator.manifests.launch import build_env
 from gantry_operator.planner import Plan
 from gantry_operator.spec import ModelDeploymentSpec, SpecError, parse
@@ -226,6 +227,8 @@ def _example_cases() -> dict[str, tuple[str, dict[str, Any]]]:
 
 
 ALL_CASES = {**_example_cases(), **CASES}
+#: Cases whose replicas span nodes (LeaderWorkerSet groups).
+MULTI_NODE_CASES = ("example-deepseek-v3-h100", "example-kimi-k2-h200")
 
 
 def _build(name: str, spec: dict[str, Any]) -> tuple[ModelDeploymentSpec, Plan]:
@@ -248,7 +251,10 @@ def _render(case: str) -> str:
 
 
 def test_the_examples_are_golden_cases() -> None:
-    assert {"example-gpt-oss-120b", "example-gpt-oss-20b"} <= set(ALL_CASES)
+    assert {"example-gpt-oss-120b", "example-gpt-oss-20b", *MULTI_NODE_CASES} <= set(ALL_CASES)
+    for case in ALL_CASES:
+        _, plan = _build(*ALL_CASES[case])
+        assert (plan.nodes_per_replica > 1) == (case in MULTI_NODE_CASES), case
 
 
 @pytest.mark.parametrize("case", sorted(ALL_CASES))
@@ -297,8 +303,16 @@ def _deployment(case: str) -> tuple[ModelDeploymentSpec, Plan, dict[str, Any]]:
     return parsed, plan, objects[0]
 
 
-def _container(deployment: dict[str, Any]) -> dict[str, Any]:
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+def _templates(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pod templates of a Deployment, or of a LeaderWorkerSet (leader first)."""
+    if workload["kind"] == "LeaderWorkerSet":
+        groups = workload["spec"]["leaderWorkerTemplate"]
+        return [groups["leaderTemplate"], groups["workerTemplate"]]
+    return [workload["spec"]["template"]]
+
+
+def _container(workload: dict[str, Any], template: int = 0) -> dict[str, Any]:
+    (container,) = _templates(workload)[template]["spec"]["containers"]
     result: dict[str, Any] = container
     return result
 
@@ -311,21 +325,29 @@ def _launch(deployment: dict[str, Any]) -> LaunchSpec:
     return LaunchSpec.from_json(_env(deployment)[ENV_VAR]["value"])
 
 
-@pytest.mark.parametrize("case", sorted(ALL_CASES))
-def test_pod_invariants(case: str) -> None:
-    parsed, plan, dep = _deployment(case)
-    pod = dep["spec"]["template"]["spec"]
-    container = _container(dep)
+@pytest.mark.parametrize(
+    ("case", "template"),
+    [(case, 0) for case in sorted(ALL_CASES)] + [(case, 1) for case in MULTI_NODE_CASES],
+)
+def test_pod_invariants(case: str, template: int) -> None:
+    parsed, plan, objects = _objects(case)
+    dep = objects[0]
+    pod = _templates(dep)[template]["spec"]
+    container = _container(dep, template)
     resource = parsed.gpu.profile.resource
-    assert container["resources"]["limits"][resource] == str(plan.gpus_per_replica)
+    per_pod = plan.gpus_per_replica // plan.nodes_per_replica
+    assert container["resources"]["limits"][resource] == str(per_pod)
     assert pod["enableServiceLinks"] is False
     assert pod["automountServiceAccountToken"] is False
     shm = next(v for v in pod["volumes"] if v["name"] == "shm")
     assert shm["emptyDir"]["medium"] == "Memory"
     assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
     assert pod["terminationGracePeriodSeconds"] > parsed.serving.shutdown_timeout_seconds
-    startup = container["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= plan.expected_load_seconds
+    if template == 0:  # a serving pod (a headless worker of a group has no HTTP to probe)
+        startup = container["startupProbe"]
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= plan.expected_load_seconds
+    else:
+        assert not {"startupProbe", "readinessProbe", "livenessProbe"} & set(container)
     assert {"key": resource, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     security = container["securityContext"]
     assert security["runAsNonRoot"] is True
@@ -377,10 +399,14 @@ def test_owner_references_and_labels(case: str) -> None:
         assert selector.items() <= meta["labels"].items()
         assert list(meta["labels"]) == sorted(meta["labels"])
     dep, svc = objects[0], objects[1]
-    assert dep["spec"]["selector"]["matchLabels"] == selector
-    assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    for template in _templates(dep):
+        assert selector.items() <= template["metadata"]["labels"].items()
     assert svc["kind"] == "Service"
-    assert svc["spec"]["selector"] == selector
+    if dep["kind"] == "LeaderWorkerSet":  # the group's leader alone serves
+        assert svc["spec"]["selector"] == {**selector, LEADER_LABEL: "0"}
+    else:
+        assert dep["spec"]["selector"]["matchLabels"] == selector
+        assert svc["spec"]["selector"] == selector
     assert svc["spec"]["ports"][0]["port"] == 8000
 
 
@@ -704,7 +730,7 @@ def test_builders_are_deterministic_and_sorted(case: str) -> None:
     assert len(set(names)) == len(names)
     for key in ("requests", "limits"):
         assert list(container["resources"][key]) == sorted(container["resources"][key])
-    volumes = [v["name"] for v in first[0]["spec"]["template"]["spec"]["volumes"]]
+    volumes = [v["name"] for v in _templates(first[0])[0]["spec"]["volumes"]]
     assert volumes == sorted(volumes)
     extra = [flag for flag, _ in _launch(first[0]).extra_args]
     assert extra == sorted(extra, key=lambda f: f.removeprefix("--").removeprefix("no-"))

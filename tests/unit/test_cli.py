@@ -189,14 +189,18 @@ def test_render_examples_directory() -> None:
     docs = list(yaml.safe_load_all(text))
     kinds = [(d["kind"], d["metadata"]["name"]) for d in docs]
     assert kinds == [
+        ("LeaderWorkerSet", "deepseek-v3"),  # a replica spans two H100 nodes
+        ("Service", "deepseek-v3"),
         ("Deployment", "gpt-oss-120b"),
         ("Service", "gpt-oss-120b"),
         ("Deployment", "gpt-oss-20b"),
         ("Service", "gpt-oss-20b"),
         ("PodDisruptionBudget", "gpt-oss-20b"),  # the 2-replica example
+        ("LeaderWorkerSet", "kimi-k2"),
+        ("Service", "kimi-k2"),
     ]
     assert {d["metadata"]["namespace"] for d in docs} == {"default"}
-    limits = docs[0]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    limits = docs[2]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "2"  # 120b, four full-context sequences: TP 2
 
 
@@ -210,13 +214,13 @@ def test_render_argv() -> None:
     code, text = run("render", str(EXAMPLES), "--argv")
     assert code == 0
     lines = text.splitlines()
-    assert lines[0].startswith("# gpt-oss-120b: TP=2 PP=1 on 2 x H100-80GB")
+    summaries = [line for line in lines if line.startswith("#")]
+    assert summaries[1].startswith("# gpt-oss-120b: TP=2 PP=1 on 2 x H100-80GB")
     commands = [shlex.split(line) for line in lines if not line.startswith("#")]
-    assert len(commands) == 2
+    assert len(commands) >= 4
     for argv in commands:
         assert argv[:2] == ["vllm", "serve"]
-    big = commands[0]
-    assert big[2] == "/models/openai/gpt-oss-120b"
+    big = next(argv for argv in commands if argv[2] == "/models/openai/gpt-oss-120b")
     assert big[big.index("--tensor-parallel-size") + 1] == "2"
     assert big[big.index("--max-model-len") + 1] == "131072"
     assert "--no-enable-prefix-caching" in big
@@ -265,6 +269,7 @@ def test_render_reports_a_spec_that_does_not_fit(tmp_path: Path) -> None:
 
 
 def test_render_refuses_multi_node_replicas_as_the_operator_does(tmp_path: Path) -> None:
+    """With a cluster policy that does not enable LeaderWorkerSet, as the operator would."""
     doc = {
         "apiVersion": "gantry.dev/v1alpha1",
         "kind": "ModelDeployment",
@@ -277,9 +282,15 @@ def test_render_refuses_multi_node_replicas_as_the_operator_does(tmp_path: Path)
     }
     path = tmp_path / "wide.yaml"
     path.write_text(yaml.safe_dump(doc))
-    code, text = run("render", str(path))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("multiNode: {enabled: false}\n")
+    code, text = run("render", str(path), "--policy", str(policy))
     assert code == 1
     assert text.startswith(f"gantry render: {path}: wide: 2 nodes per replica (8 GPUs per node)")
+    assert "leaderWorkerSet.enabled=true" in text
+    code, text = run("render", str(path))
+    assert code == 0
+    assert [d["kind"] for d in yaml.safe_load_all(text)] == ["LeaderWorkerSet", "Service"]
 
 
 def test_render_reads_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -413,7 +424,9 @@ def test_render_output_formats(fmt: str) -> None:
         items = doc["items"]
     else:
         items = list(yaml.safe_load_all(text))
-    assert [i["kind"] for i in items][:2] == ["Deployment", "Service"]
+    assert [i["kind"] for i in items][:4] == [
+        "LeaderWorkerSet", "Service", "Deployment", "Service"
+    ]  # fmt: skip
 
 
 def test_a_closed_pipe_ends_quietly() -> None:

@@ -112,7 +112,7 @@ def _env(
     spec: ModelDeploymentSpec, launch: LaunchSpec, extra: tuple[dict[str, Any], ...]
 ) -> list[dict[str, Any]]:
     """The launch env with ``extra`` (multi-node settings) under it: the user's entries win."""
-    env = {str(e["name"]): e for e in extra}
+    env = {str(e["name"]): copy.deepcopy(e) for e in extra}
     env.update({str(e["name"]): e for e in build_env(spec, launch)})
     return [env[name] for name in sorted(env)]
 
