@@ -67,7 +67,9 @@ PLAN_HEADER = (
     "GPUS",
     "TP",
     "PP",
+    "DP",
     "NODES",
+    "LAYOUT",
     "UTIL",
     "CONTEXT",
     "WEIGHTS/GPU",
@@ -82,7 +84,8 @@ PLAN_HEADER = (
 def plan_row(p: planner.Plan) -> list[str]:
     return [
         p.model, p.gpu_type, str(p.gpus_per_replica), str(p.tensor_parallel_size),
-        str(p.pipeline_parallel_size), str(p.nodes_per_replica), f"{p.gpu_memory_utilization:.2f}",
+        str(p.pipeline_parallel_size), str(p.data_parallel_size), str(p.nodes_per_replica),
+        p.layout, f"{p.gpu_memory_utilization:.2f}",
         str(p.max_model_len), f"{p.weight_bytes_per_gpu / GIB:.1f} GiB",
         f"{p.kv_bytes_per_gpu / GIB:.1f} GiB", f"{p.headroom_bytes_per_gpu / GIB:.1f} GiB",
         f"{p.kv_cache_tokens:,}", f"{p.sequences_at_max_len:.1f}", str(p.max_num_seqs),
@@ -177,7 +180,7 @@ def _plan(args: argparse.Namespace, out: TextIO) -> int:
     rows.extend(plan_row(p) for p in plans)
     if args.markdown:
         for model, gpu_type, context, message in problems:
-            row = [model, gpu_type] + ["-"] * 5 + [str(context)]
+            row = [model, gpu_type] + ["-"] * (PLAN_HEADER.index("CONTEXT") - 2) + [str(context)]
             row += ["-"] * (len(PLAN_HEADER) - len(row) - 1) + [f"does not fit: {message}"]
             rows.append(row)
     if len(rows) > 1:
@@ -185,6 +188,12 @@ def _plan(args: argparse.Namespace, out: TextIO) -> int:
     notes = [f"{p.model} on {p.gpu_type}: {flag_message(n)}" for p in plans for n in p.notes]
     if notes and not args.markdown:
         out.write("\n" + "\n".join(notes) + "\n")
+    groups = [p for p in plans if p.nodes_per_replica > 1]
+    if groups and not args.markdown:
+        out.write("\n")
+        for p in groups:
+            out.write(f"{p.model} on {p.gpu_type}: {p.layout} layout, one pod per node:\n")
+            out.writelines(f"  {member.describe(p.layout)}\n" for member in p.group)
     if not args.markdown:
         for model, gpu_type, _, message in problems:
             out.write(f"{model} on {gpu_type}: does not fit: {message}\n")
