@@ -24,7 +24,7 @@ from gantry_operator.cluster_policy import load_policy
 from gantry_operator.config import OperatorConfig
 from gantry_operator.gpus import GIB
 from gantry_operator.spec import KIND, ModelDeploymentSpec, SpecError, parse
-from gantry_runtime.launchspec import vllm_argv
+from gantry_runtime.launchspec import GroupPosition, vllm_argv
 
 RENDER_UID = "00000000-0000-0000-0000-000000000000"
 #: metadata.name and the placeholder source of the ModelDeployment ``gantry plan`` builds.
@@ -212,6 +212,23 @@ def _documents(path: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
+#: What ``gantry render --argv`` shows for the leader's address, which LeaderWorkerSet sets.
+LEADER_PLACEHOLDER = "${LWS_LEADER_ADDRESS}"
+
+
+def _argv_lines(spec: ModelDeploymentSpec, plan: planner.Plan) -> list[str]:
+    """The ``vllm serve`` command line of each pod of a replica (one line for one node)."""
+    launch = manifests.launch_spec(spec, plan)
+    if not launch.multi_node:
+        return [shlex.join(vllm_argv(launch)) + "\n"]
+    lines = []
+    for member in plan.group:
+        position = GroupPosition(LEADER_PLACEHOLDER, plan.nodes_per_replica, member.worker_index)
+        lines.append(f"# {member.describe(plan.layout)}\n")
+        lines.append(shlex.join(vllm_argv(launch, position=position)) + "\n")
+    return lines
+
+
 def _render(args: argparse.Namespace, out: TextIO) -> int:
     paths = (
         sorted(str(p) for p in Path(args.file).glob("*.yaml"))
@@ -243,7 +260,7 @@ def _render(args: argparse.Namespace, out: TextIO) -> int:
             spec, plan, children = want.spec, want.plan, [dict(o) for o in want.objects]
             if args.argv:
                 out.write(f"# {spec.name}: {plan.summary}\n")
-                out.write(shlex.join(vllm_argv(manifests.launch_spec(spec, plan))) + "\n")
+                out.writelines(_argv_lines(spec, plan))
                 continue
             objects.extend(children)
     if not objects:
