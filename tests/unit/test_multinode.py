@@ -426,3 +426,24 @@ def test_a_multi_node_spec_outside_a_group_exits_2_naming_the_variable() -> None
     assert worker.proc.wait(WAIT) == 2
     worker.stop()
     assert worker.saw("LWS_WORKER_INDEX is not set")
+
+
+@pytest.mark.parametrize(
+    ("argv", "headless", "group_port"),
+    [
+        ([], False, None),
+        (["--nnodes", "2", "--node-rank", "0", "--master-port", "4321"], False, 4321),
+        (["--nnodes", "2", "--node-rank", "1", "--master-port", "4321", "--headless"], True, None),
+        (["-dp", "16", "-dpl", "8", "-dpp", "5432"], False, 5432),
+        (["--data-parallel-size", "8", "--data-parallel-rpc-port", "5432"], False, None),
+        (["-dp", "16", "-dpl", "8", "--headless", "--data-parallel-start-rank", "8"], True, None),
+    ],
+)
+def test_the_simulator_reads_its_place_in_a_group_from_vllms_flags(
+    argv: list[str], headless: bool, group_port: int | None
+) -> None:
+    from gantry_runtime.simulator.config import parse_config
+
+    config = parse_config(["m", *argv], {})
+    assert (config.headless, config.group_port) == (headless, group_port)
+    assert not {"--nnodes", "--headless", "-dp", "--data-parallel-size"} & set(config.ignored_args)
