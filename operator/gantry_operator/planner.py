@@ -667,7 +667,9 @@ def _build(
     tokens = mem.kv // mem.per_token * dp
     gpus = tp * pp * dp
     nodes = math.ceil(gpus / req.node_gpus)
-    load = ENGINE_INIT_SECONDS + req.model.weight_bytes // (gpus * LOAD_BYTES_PER_SECOND)
+    # Every GPU loads its share; a data-parallel rank also loads the replicated weights.
+    share = mem.weights if dp > 1 else req.model.weight_bytes // gpus
+    load = ENGINE_INIT_SECONDS + share // LOAD_BYTES_PER_SECOND
     smaller_layout = multi_node = ""
     if failures:
         ftp, fpp, fmem = failures[-1]

@@ -738,6 +738,8 @@ def assert_dp_plan_matches(plan: Plan, exp: Expected) -> None:
     assert plan.kv_cache_tokens == exp.kv // exp.per_token * exp.ranks
     assert plan.max_num_seqs == exp.max_num_seqs
     assert plan.sequences_at_max_len == pytest.approx(exp.sequences(plan.max_model_len), rel=1e-12)
+    # Each rank loads the replicated weights and its share of the experts.
+    assert plan.expected_load_seconds == ENGINE_INIT + exp.weights // LOAD_RATE
 
 
 # --- multi-node layouts --------------------------------------------------------------------------
