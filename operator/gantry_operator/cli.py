@@ -212,8 +212,10 @@ def _documents(path: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
-#: What ``gantry render --argv`` shows for the leader's address, which LeaderWorkerSet sets.
+#: What ``gantry render --argv`` shows for the leader's address, which LeaderWorkerSet sets,
+#: and for the leader pod's own IP (from the pod's status).
 LEADER_PLACEHOLDER = "${LWS_LEADER_ADDRESS}"
+POD_IP_PLACEHOLDER = "${VLLM_HOST_IP}"
 
 
 def _argv_lines(spec: ModelDeploymentSpec, plan: planner.Plan) -> list[str]:
@@ -223,7 +225,9 @@ def _argv_lines(spec: ModelDeploymentSpec, plan: planner.Plan) -> list[str]:
         return [shlex.join(vllm_argv(launch)) + "\n"]
     lines = []
     for member in plan.group:
-        position = GroupPosition(LEADER_PLACEHOLDER, plan.nodes_per_replica, member.worker_index)
+        position = GroupPosition(
+            LEADER_PLACEHOLDER, plan.nodes_per_replica, member.worker_index, POD_IP_PLACEHOLDER
+        )
         lines.append(f"# {member.describe(plan.layout)}\n")
         lines.append(shlex.join(vllm_argv(launch, position=position)) + "\n")
     return lines

@@ -15,7 +15,12 @@ variables ``LWS_LEADER_ADDRESS``, ``LWS_GROUP_SIZE`` and ``LWS_WORKER_INDEX``, r
   workers (R > 0) add ``--headless``.
 * ``data-parallel``: every pod ``--data-parallel-size D --data-parallel-size-local L
   --data-parallel-address LEADER --data-parallel-rpc-port P --enable-expert-parallel``; workers add
-  ``--headless --data-parallel-start-rank R x L``. The leader passes no start rank: vLLM takes a
+  ``--headless --data-parallel-start-rank R x L``.
+
+LEADER is ``LWS_LEADER_ADDRESS`` on the workers; the leader itself uses its own pod IP
+(``VLLM_HOST_IP``, set from the pod's status by the operator) when it has one, so that it never
+waits for the DNS record of its own name before it binds its ports. The leader passes no start
+rank: vLLM takes a
   start rank on a pod with an API server for hybrid load balancing (one API server per node),
   while Gantry's leader serves the whole group (vllm/entrypoints/cli/serve.py,
   vllm/engine/arg_utils.py ``create_engine_config``).
@@ -46,6 +51,8 @@ LEADER_WAIT_SECONDS = 600
 LEADER_ADDRESS_VAR = "LWS_LEADER_ADDRESS"
 GROUP_SIZE_VAR = "LWS_GROUP_SIZE"
 WORKER_INDEX_VAR = "LWS_WORKER_INDEX"
+#: The pod's own IP, which the operator sets from the pod's status (vLLM reads it too).
+HOST_IP_VAR = "VLLM_HOST_IP"
 LAYOUTS = ("single-node", "pipeline", "data-parallel")
 #: Fields only a multi-node group writes (and their single-node defaults).
 _GROUP_FIELDS = (
@@ -168,10 +175,20 @@ class GroupPosition:
     leader_address: str
     size: int
     worker_index: int
+    #: This pod's own IP (``VLLM_HOST_IP``), when known.
+    pod_ip: str | None = None
 
     @property
     def is_leader(self) -> bool:
         return self.worker_index == 0
+
+    @property
+    def group_address(self) -> str:
+        """Where this pod reaches the leader's ports: its own IP on the leader (when known),
+        the leader's name elsewhere."""
+        if self.is_leader and self.pod_ip:
+            return self.pod_ip
+        return self.leader_address
 
 
 def _var(env: Mapping[str, str], name: str, nnodes: int) -> str:
@@ -209,12 +226,13 @@ def group_position(spec: LaunchSpec, env: Mapping[str, str]) -> GroupPosition | 
         )
     if not 0 <= index < size:
         raise GroupError(f"{WORKER_INDEX_VAR}={index} is outside the group of {size} pods")
-    return GroupPosition(leader_address=address, size=size, worker_index=index)
+    pod_ip = env.get(HOST_IP_VAR, "").strip() or None
+    return GroupPosition(leader_address=address, size=size, worker_index=index, pod_ip=pod_ip)
 
 
 def group_args(spec: LaunchSpec, position: GroupPosition) -> list[str]:
     """The multi-node flags of one pod of a group (see the module docstring)."""
-    address, rank = position.leader_address, position.worker_index
+    address, rank = position.group_address, position.worker_index
     if spec.layout == "data-parallel":
         args = [
             "--data-parallel-size", str(spec.data_parallel_size),

@@ -22,6 +22,8 @@ pytestmark = pytest.mark.contract
 MODELS = Path(__file__).resolve().parents[1] / "data" / "models"
 #: What LWS_LEADER_ADDRESS holds in a group: <lws name>-<group index>.<subdomain>.<namespace>.
 LEADER = "k2-0.k2.models"
+#: The leader pod's own IP (VLLM_HOST_IP from the pod's status): where the leader binds.
+LEADER_POD_IP = "10.0.0.7"
 
 
 class Pod:
@@ -53,7 +55,9 @@ def _cases() -> tuple[list[VllmCase], dict[str, Pod]]:
                     continue
                 launch = manifests.launch_spec(spec, plan)
                 for member in plan.group:
-                    position = GroupPosition(LEADER, plan.nodes_per_replica, member.worker_index)
+                    position = GroupPosition(
+                        LEADER, plan.nodes_per_replica, member.worker_index, LEADER_POD_IP
+                    )
                     case_id = f"{model}/{gpu}/{kv}/{plan.layout}/worker-{member.worker_index}"
                     cases.append(
                         {
@@ -101,6 +105,7 @@ def test_vllm_parses_every_pods_argv(results: dict[str, VllmResult]) -> None:
 
 def _engine_problems(pod: Pod, engine: dict[str, Any]) -> list[str]:
     plan, launch, index = pod.plan, pod.launch, pod.member.worker_index
+    address = LEADER_POD_IP if index == 0 else LEADER
     want: dict[str, Any] = {
         "tensor_parallel_size": plan.tensor_parallel_size,
         "pipeline_parallel_size": plan.pipeline_parallel_size,
@@ -112,7 +117,7 @@ def _engine_problems(pod: Pod, engine: dict[str, Any]) -> list[str]:
         want |= {
             "data_parallel_size_local": plan.data_parallel_size_local,
             "data_parallel_rank": pod.member.first_rank,
-            "data_parallel_master_ip": LEADER,
+            "data_parallel_master_ip": address,
             "data_parallel_rpc_port": launch.rpc_port,
             # Internal load balancing: the leader's API server serves every DP rank.
             "data_parallel_hybrid_lb": False,
@@ -124,7 +129,7 @@ def _engine_problems(pod: Pod, engine: dict[str, Any]) -> list[str]:
             "nnodes": plan.nodes_per_replica,
             "node_rank": index,
             "node_rank_within_dp": index,
-            "master_addr": LEADER,
+            "master_addr": address,
             "master_port": launch.master_port,
         }
     return [f"{key}: vLLM {engine.get(key)!r}, want {v!r}" for key, v in want.items()

@@ -479,7 +479,7 @@ def test_every_model_with_a_context_beyond_some() -> None:
 
 
 def test_render_argv_lines_give_each_pod_of_a_group_its_command_line() -> None:
-    from gantry_operator.cli import LEADER_PLACEHOLDER, _argv_lines
+    from gantry_operator.cli import LEADER_PLACEHOLDER, POD_IP_PLACEHOLDER, _argv_lines
     from gantry_operator.spec import parse
 
     body = {
@@ -492,7 +492,8 @@ def test_render_argv_lines_give_each_pod_of_a_group_its_command_line() -> None:
     lines = _argv_lines(spec, plan)
     assert [line.split(":")[0] for line in lines[::2]] == ["# worker 0 (leader)", "# worker 1"]
     leader, worker = (shlex.split(line) for line in lines[1::2])
-    assert leader[leader.index("--data-parallel-address") + 1] == LEADER_PLACEHOLDER
+    assert leader[leader.index("--data-parallel-address") + 1] == POD_IP_PLACEHOLDER
+    assert worker[worker.index("--data-parallel-address") + 1] == LEADER_PLACEHOLDER
     assert "--headless" not in leader
     assert worker[worker.index("--data-parallel-start-rank") + 1] == "8"
     assert "--headless" in worker

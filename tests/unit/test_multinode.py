@@ -66,11 +66,15 @@ def _flags(argv: list[str]) -> dict[str, str | None]:
     return out
 
 
+POD_IP = "10.1.2.3"
+
+
 def _position(spec: LaunchSpec, index: int, address: str = "md-0.md.ns") -> GroupPosition:
     env = {
         "LWS_LEADER_ADDRESS": address,
         "LWS_GROUP_SIZE": str(spec.nnodes),
         "LWS_WORKER_INDEX": str(index),
+        "VLLM_HOST_IP": POD_IP,
     }
     position = group_position(spec, env)
     assert position is not None
@@ -138,7 +142,8 @@ def test_pipeline_argv_per_node() -> None:
         assert flags["--pipeline-parallel-size"] == str(plan.pipeline_parallel_size)
         assert flags["--nnodes"] == str(plan.nodes_per_replica)
         assert flags["--node-rank"] == str(member.worker_index)
-        assert flags["--master-addr"] == "md-0.md.ns"
+        # The leader binds on its own pod IP; workers reach it by its name.
+        assert flags["--master-addr"] == (POD_IP if member.worker_index == 0 else "md-0.md.ns")
         assert flags["--master-port"] == str(spec.master_port)
         assert ("--headless" in flags) is (member.worker_index > 0)
         assert "--data-parallel-size" not in flags
@@ -153,7 +158,8 @@ def test_data_parallel_argv_per_node() -> None:
         assert (flags["--tensor-parallel-size"], flags["--pipeline-parallel-size"]) == ("1", "1")
         assert flags["--data-parallel-size"] == str(plan.data_parallel_size)
         assert flags["--data-parallel-size-local"] == str(local)
-        assert flags["--data-parallel-address"] == "md-0.md.ns"
+        want = POD_IP if member.worker_index == 0 else "md-0.md.ns"
+        assert flags["--data-parallel-address"] == want
         assert flags["--data-parallel-rpc-port"] == str(spec.rpc_port)
         assert "--enable-expert-parallel" in flags
         assert argv.count("--enable-expert-parallel") == 1
@@ -193,6 +199,16 @@ def test_group_environment_errors_name_the_variable(env: dict[str, str], message
     _, spec = _spec("kimi-k2", "H100-80GB")
     with pytest.raises(GroupError, match=message):
         group_position(spec, env)
+
+
+def test_without_its_pod_ip_the_leader_uses_its_name() -> None:
+    _, spec = _spec("kimi-k2", "H100-80GB")
+    env = {"LWS_LEADER_ADDRESS": "md-0.md.ns", "LWS_GROUP_SIZE": "2", "LWS_WORKER_INDEX": "0"}
+    position = group_position(spec, env)
+    assert position is not None
+    assert position.pod_ip is None
+    flags = _flags(vllm_argv(spec, position=position))
+    assert flags["--master-addr"] == "md-0.md.ns"
 
 
 def test_multinode_env() -> None:

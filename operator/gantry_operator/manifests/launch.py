@@ -77,7 +77,8 @@ def multinode_env(plan: Plan, *, interface: str = POD_INTERFACE) -> list[dict[st
     """Env every container of a multi-node group needs besides :func:`build_env`'s (empty for
     one node), sorted by name: NCCL and Gloo on the pod network's interface, and vLLM's own
     address (``VLLM_HOST_IP``, which vLLM otherwise guesses from the default route) from the
-    pod's IP. LeaderWorkerSet adds LWS_LEADER_ADDRESS, LWS_GROUP_SIZE and LWS_WORKER_INDEX."""
+    pod's IP; the leader's runtime also binds the group's ports there (launchspec.group_args).
+    LeaderWorkerSet adds LWS_LEADER_ADDRESS, LWS_GROUP_SIZE and LWS_WORKER_INDEX."""
     if plan.nodes_per_replica <= 1:
         return []
     return [
