@@ -25,7 +25,7 @@ from gantry_operator.config import OperatorConfig
 from gantry_operator.gpus import GIB
 from gantry_operator.manifests.leaderworkerset import CRD as LWS_CRD
 from gantry_operator.spec import KIND, ModelDeploymentSpec, SpecError, parse
-from gantry_runtime.launchspec import vllm_argv
+from gantry_runtime.launchspec import GroupPosition, vllm_argv
 
 RENDER_UID = "00000000-0000-0000-0000-000000000000"
 #: metadata.name and the placeholder source of the ModelDeployment ``gantry plan`` builds.
@@ -68,7 +68,9 @@ PLAN_HEADER = (
     "GPUS",
     "TP",
     "PP",
+    "DP",
     "NODES",
+    "LAYOUT",
     "UTIL",
     "CONTEXT",
     "WEIGHTS/GPU",
@@ -83,7 +85,8 @@ PLAN_HEADER = (
 def plan_row(p: planner.Plan) -> list[str]:
     return [
         p.model, p.gpu_type, str(p.gpus_per_replica), str(p.tensor_parallel_size),
-        str(p.pipeline_parallel_size), str(p.nodes_per_replica), f"{p.gpu_memory_utilization:.2f}",
+        str(p.pipeline_parallel_size), str(p.data_parallel_size), str(p.nodes_per_replica),
+        p.layout, f"{p.gpu_memory_utilization:.2f}",
         str(p.max_model_len), f"{p.weight_bytes_per_gpu / GIB:.1f} GiB",
         f"{p.kv_bytes_per_gpu / GIB:.1f} GiB", f"{p.headroom_bytes_per_gpu / GIB:.1f} GiB",
         f"{p.kv_cache_tokens:,}", f"{p.sequences_at_max_len:.1f}", str(p.max_num_seqs),
@@ -178,7 +181,7 @@ def _plan(args: argparse.Namespace, out: TextIO) -> int:
     rows.extend(plan_row(p) for p in plans)
     if args.markdown:
         for model, gpu_type, context, message in problems:
-            row = [model, gpu_type] + ["-"] * 5 + [str(context)]
+            row = [model, gpu_type] + ["-"] * (PLAN_HEADER.index("CONTEXT") - 2) + [str(context)]
             row += ["-"] * (len(PLAN_HEADER) - len(row) - 1) + [f"does not fit: {message}"]
             rows.append(row)
     if len(rows) > 1:
@@ -186,6 +189,12 @@ def _plan(args: argparse.Namespace, out: TextIO) -> int:
     notes = [f"{p.model} on {p.gpu_type}: {flag_message(n)}" for p in plans for n in p.notes]
     if notes and not args.markdown:
         out.write("\n" + "\n".join(notes) + "\n")
+    groups = [p for p in plans if p.nodes_per_replica > 1]
+    if groups and not args.markdown:
+        out.write("\n")
+        for p in groups:
+            out.write(f"{p.model} on {p.gpu_type}: {p.layout} layout, one pod per node:\n")
+            out.writelines(f"  {member.describe(p.layout)}\n" for member in p.group)
     if not args.markdown:
         for model, gpu_type, _, message in problems:
             out.write(f"{model} on {gpu_type}: does not fit: {message}\n")
@@ -202,6 +211,27 @@ def _dump(doc: Any, fmt: str, out: TextIO) -> None:
 def _documents(path: str) -> list[dict[str, Any]]:
     text = sys.stdin.read() if path == "-" else Path(path).read_text()
     return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+#: What ``gantry render --argv`` shows for the leader's address, which LeaderWorkerSet sets,
+#: and for the leader pod's own IP (from the pod's status).
+LEADER_PLACEHOLDER = "${LWS_LEADER_ADDRESS}"
+POD_IP_PLACEHOLDER = "${VLLM_HOST_IP}"
+
+
+def _argv_lines(spec: ModelDeploymentSpec, plan: planner.Plan) -> list[str]:
+    """The ``vllm serve`` command line of each pod of a replica (one line for one node)."""
+    launch = manifests.launch_spec(spec, plan)
+    if not launch.multi_node:
+        return [shlex.join(vllm_argv(launch)) + "\n"]
+    lines = []
+    for member in plan.group:
+        position = GroupPosition(
+            LEADER_PLACEHOLDER, plan.nodes_per_replica, member.worker_index, POD_IP_PLACEHOLDER
+        )
+        lines.append(f"# {member.describe(plan.layout)}\n")
+        lines.append(shlex.join(vllm_argv(launch, position=position)) + "\n")
+    return lines
 
 
 def _render(args: argparse.Namespace, out: TextIO) -> int:
@@ -240,7 +270,7 @@ def _render(args: argparse.Namespace, out: TextIO) -> int:
             spec, plan, children = want.spec, want.plan, [dict(o) for o in want.objects]
             if args.argv:
                 out.write(f"# {spec.name}: {plan.summary}\n")
-                out.write(shlex.join(vllm_argv(manifests.launch_spec(spec, plan))) + "\n")
+                out.writelines(_argv_lines(spec, plan))
                 continue
             objects.extend(children)
     if not objects:

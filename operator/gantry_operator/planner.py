@@ -24,13 +24,29 @@ A plan fits when its headroom is at least the safety margin (spec.serving.safety
 below). docs/planner.md cites the source of every constant and has the calibration against
 public vLLM logs. Without explicit counts the planner picks the fewest GPUs, tensor parallel inside
 a node first, pipeline stages across nodes.
+
+A replica that spans nodes has one of two layouts (docs/planner.md, "Multi-node layouts"):
+``pipeline`` (the terms above, TP inside a node, PP = stages across nodes) or, for MLA
+mixture-of-experts models, ``data-parallel``: DP = GPUs per replica engines of TP 1 with expert
+parallel over all of them. Each DP rank holds the non-expert weights whole and 1/DP of the routed
+experts, its own KV pool (the MLA latent is per rank either way), and its MoE layers see the
+tokens of every rank (vLLM's default all2all backend all-gathers them)::
+
+    weights      = non-expert bytes + routed expert bytes / DP
+    activations  = max-num-batched-tokens x hidden x 24 B
+                   + DP x max-num-batched-tokens x (experts per token x (3 x expert width
+                     + hidden) x 2 B + hidden x 2 B + experts x 4 B)
+    required     = ceil(targetConcurrency / DP) x max-model-len x per token   (per rank)
+
+When both layouts fit at the fewest GPUs, the one that holds more whole full-context sequences per
+replica wins (pipeline on a tie).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from gantry_operator.catalog import ModelArch
 from gantry_operator.gpus import GIB, MIB, GPUProfile, Mxfp4Kernel
@@ -71,6 +87,10 @@ MAX_NUM_SEQS_CAP = 256
 #: vLLM's KV block size: a sliding window holds up to one partial block beyond the window.
 KV_BLOCK_TOKENS = 16
 MAX_PIPELINE_STAGES = 8
+#: Bytes per gathered token of the data-parallel MoE all-gather beyond the experts' own
+#: intermediates: BF16 hidden states (x hidden) and float32 router logits (x experts).
+GATHERED_HIDDEN_BYTES = 2
+GATHERED_LOGIT_BYTES = 4
 #: Weight loading rate assumed for probe budgets (network storage, safetensors mmap).
 LOAD_BYTES_PER_SECOND = 500 * MIB
 ENGINE_INIT_SECONDS = 120
@@ -89,6 +109,61 @@ MXFP4_ALIGNMENT: dict[Mxfp4Kernel, tuple[int, int]] = {
 
 class DoesNotFitError(ValueError):
     """No plan serves the request; the message says why and what would fit."""
+
+
+#: How a replica runs: on one node; pipeline stages across nodes (TP inside each); or
+#: data-parallel attention with expert parallel across nodes (MLA mixture-of-experts models).
+Layout = Literal["single-node", "pipeline", "data-parallel"]
+LAYOUTS: tuple[Layout, ...] = ("single-node", "pipeline", "data-parallel")
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """One pod of a replica: what a node of a multi-node group holds."""
+
+    #: LeaderWorkerSet worker index; 0 is the leader.
+    worker_index: int
+    gpus: int
+    #: Global GPU ranks (TP x PP ranks, or DP ranks in the data-parallel layout), first to last.
+    first_rank: int
+    last_rank: int
+    #: Pipeline stages the pod holds (first, last); (0, 0) in the data-parallel layout.
+    first_stage: int
+    last_stage: int
+
+    @property
+    def role(self) -> str:
+        return "leader" if self.worker_index == 0 else "worker"
+
+    def to_dict(self, layout: Layout) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "workerIndex": self.worker_index,
+            "role": self.role,
+            "gpus": self.gpus,
+            "apiServer": self.worker_index == 0,
+        }
+        if layout == "data-parallel":
+            out["dataParallelRanks"] = [self.first_rank, self.last_rank]
+        else:
+            out["ranks"] = [self.first_rank, self.last_rank]
+            out["pipelineStages"] = [self.first_stage, self.last_stage]
+        return out
+
+    def describe(self, layout: Layout) -> str:
+        api = "API server, " if self.worker_index == 0 else "headless, "
+        if layout == "data-parallel":
+            held = f"DP ranks {_span(self.first_rank, self.last_rank)}"
+        else:
+            stages = _span(self.first_stage, self.last_stage)
+            held = f"pipeline stage{'s' if '-' in stages else ''} {stages} (ranks " + (
+                f"{_span(self.first_rank, self.last_rank)})"
+            )
+        who = "worker 0 (leader)" if self.worker_index == 0 else f"worker {self.worker_index}"
+        return f"{who}: {api}{self.gpus} GPUs, {held}"
+
+
+def _span(first: int, last: int) -> str:
+    return str(first) if first == last else f"{first}-{last}"
 
 
 @dataclass(frozen=True)
@@ -139,6 +214,11 @@ class Plan:
     smaller_layout: str = ""
     #: How a replica that spans nodes runs, when it does.
     multi_node: str = ""
+    layout: Layout = "single-node"
+    #: vLLM --data-parallel-size / --data-parallel-size-local (1 outside the data-parallel
+    #: layout): engines per replica, and per node.
+    data_parallel_size: int = 1
+    data_parallel_size_local: int = 1
 
     @property
     def overhead_bytes_per_gpu(self) -> int:
@@ -149,6 +229,17 @@ class Plan:
         return self.gpus_per_replica // self.nodes_per_replica
 
     @property
+    def group(self) -> tuple[GroupMember, ...]:
+        """What each pod of a replica holds, leader first (one member for one node)."""
+        nodes, per_node, tp = self.nodes_per_replica, self.gpus_per_node, self.tensor_parallel_size
+        members = []
+        for index in range(nodes):
+            first, last = index * per_node, (index + 1) * per_node - 1
+            stages = (0, 0) if self.layout == "data-parallel" else (first // tp, last // tp)
+            members.append(GroupMember(index, per_node, first, last, *stages))
+        return tuple(members)
+
+    @property
     def notes(self) -> tuple[str, ...]:
         """Remarks for people: what a smaller layout would hold, how multi-node replicas run."""
         return tuple(n for n in (self.smaller_layout, self.multi_node) if n)
@@ -157,12 +248,23 @@ class Plan:
     def summary(self) -> str:
         """One line for status.plan.summary; it says what one size smaller would hold."""
         smaller = f"; {self.smaller_layout}" if self.smaller_layout else ""
+        nodes = f"{self.nodes_per_replica} node{'s' if self.nodes_per_replica > 1 else ''}"
+        sizes = f"TP={self.tensor_parallel_size} PP={self.pipeline_parallel_size}"
+        per_rank = ""
+        if self.layout == "pipeline":
+            nodes += ", pipeline stages across nodes"
+        elif self.layout == "data-parallel":
+            sizes = (
+                f"DP={self.data_parallel_size} ({self.data_parallel_size_local} per node) "
+                f"TP={self.tensor_parallel_size} EP"
+            )
+            nodes += ", data-parallel attention, experts across nodes"
+            per_rank = " per DP rank"
         return (
-            f"TP={self.tensor_parallel_size} PP={self.pipeline_parallel_size} on "
-            f"{self.gpus_per_replica} x {self.gpu_type} ({self.nodes_per_replica} node"
-            f"{'s' if self.nodes_per_replica > 1 else ''}): max-model-len {self.max_model_len}, "
-            f"KV cache {self.kv_cache_tokens:,} tokens = {self.sequences_at_max_len:.1f} "
-            f"sequences at full context, max-num-seqs {self.max_num_seqs}, headroom "
+            f"{sizes} on {self.gpus_per_replica} x {self.gpu_type} ({nodes}): max-model-len "
+            f"{self.max_model_len}, KV cache {self.kv_cache_tokens:,} tokens = "
+            f"{self.sequences_at_max_len:.1f} sequences at full context, max-num-seqs "
+            f"{self.max_num_seqs}{per_rank}, headroom "
             f"{self.headroom_bytes_per_gpu / GIB:.1f} GiB per GPU (margin "
             f"{self.safety_margin_bytes / GIB:.1f} GiB){smaller}"
         )
@@ -176,6 +278,9 @@ class Plan:
             "expertParallel": self.expert_parallel,
             "gpusPerReplica": self.gpus_per_replica,
             "nodesPerReplica": self.nodes_per_replica,
+            "layout": self.layout,
+            "dataParallelSize": self.data_parallel_size,
+            "dataParallelSizeLocal": self.data_parallel_size_local,
             "gpuMemoryUtilization": f"{self.gpu_memory_utilization:.2f}",
             "maxModelLen": self.max_model_len,
             "maxNumSeqs": self.max_num_seqs,
@@ -206,6 +311,7 @@ class Plan:
             "kvCacheBytesPerToken": self.kv_bytes_per_token,
             "headroomBytesPerGPU": self.headroom_bytes_per_gpu,
             "safetyMarginBytes": self.safety_margin_bytes,
+            "group": [member.to_dict(self.layout) for member in self.group],
             "notes": list(self.notes),
         }
 
@@ -306,6 +412,14 @@ def weight_bytes_per_gpu(
     return math.ceil(held * (1 + MXFP4_LAYOUT_ALLOWANCE) / (tp * pp))
 
 
+def data_parallel_weight_bytes(model: ModelArch, dp: int) -> int:
+    """Weight bytes one rank of the data-parallel layout holds: every non-expert weight (attention,
+    embeddings, dense and shared MLPs are replicated on every DP rank) and 1/DP of the routed
+    experts (expert parallel shards them over all DP x TP ranks, TP being 1)."""
+    routed = model.routed_expert_bytes
+    return (model.weight_bytes - routed) + math.ceil(routed / dp)
+
+
 @dataclass(frozen=True)
 class Memory:
     """The planner's estimate for one GPU of a layout (bytes)."""
@@ -317,12 +431,26 @@ class Memory:
     per_token: int
     per_seq: int
     max_num_seqs: int
+    #: Independent KV pools per replica (DP ranks); a sequence lives in one of them.
+    ranks: int = 1
+
+    def per_rank(self, sequences: int) -> int:
+        """Sequences one KV pool must hold for ``sequences`` per replica."""
+        return -(-sequences // self.ranks)
+
+    def sequence_bytes(self, max_len: int) -> int:
+        return max_len * self.per_token + self.per_seq
 
     def required(self, max_len: int, sequences: int) -> int:
-        return sequences * (max_len * self.per_token + self.per_seq)
+        return self.per_rank(sequences) * self.sequence_bytes(max_len)
 
     def sequences(self, max_len: int) -> float:
-        return max(self.kv, 0) / (max_len * self.per_token + self.per_seq)
+        """Full-context sequences one replica holds (summed over its KV pools)."""
+        return self.ranks * max(self.kv, 0) / self.sequence_bytes(max_len)
+
+    def whole_sequences(self, max_len: int) -> int:
+        """Whole full-context sequences one replica holds: a sequence cannot span KV pools."""
+        return self.ranks * (max(self.kv, 0) // self.sequence_bytes(max_len))
 
     def headroom(self, max_len: int, sequences: int) -> int:
         return self.kv - self.required(max_len, sequences)
@@ -330,26 +458,39 @@ class Memory:
     def max_len_for(self, sequences: int, margin: int) -> int:
         """Largest context (multiple of 1024) that holds ``sequences`` full sequences and
         leaves ``margin``."""
-        tokens = ((self.kv - margin) / sequences - self.per_seq) / self.per_token
+        tokens = ((self.kv - margin) / self.per_rank(sequences) - self.per_seq) / self.per_token
         return max(0, int(tokens) // 1024 * 1024)
 
 
-def estimate(req: Request, tp: int, pp: int) -> Memory:
-    """The memory vLLM would have per GPU for ``req`` at tensor size ``tp``, ``pp`` stages."""
+def estimate(req: Request, tp: int, pp: int, dp: int = 1) -> Memory:
+    """The memory vLLM would have per GPU for ``req`` at tensor size ``tp``, ``pp`` stages and,
+    when ``dp`` > 1, ``dp`` data-parallel ranks with expert parallel over them."""
     model = req.model
     budget = int(req.gpu.memory_bytes * req.utilization)
-    weights = weight_bytes_per_gpu(model, tp, pp, req.kernel)
+    if dp > 1:
+        weights = data_parallel_weight_bytes(model, dp)
+    else:
+        weights = weight_bytes_per_gpu(model, tp, pp, req.kernel)
     batched = req.batched_tokens
     moe_width = math.ceil(model.moe_intermediate_size / tp)
-    per_token_activation = model.hidden_size * ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN + (
-        max(1, model.experts_per_token)
-        * (3 * moe_width + model.hidden_size)
+    moe_per_token = (
+        max(1, model.experts_per_token) * (3 * moe_width + model.hidden_size)
         * ACTIVATION_ELEMENT_BYTES
-    )
+    )  # fmt: skip
+    own = model.hidden_size * ACTIVATION_BYTES_PER_TOKEN_PER_HIDDEN
+    if dp > 1:
+        # Every rank's MoE layers run over the tokens gathered from all DP ranks.
+        gathered = (
+            moe_per_token + model.hidden_size * GATHERED_HIDDEN_BYTES
+            + model.num_experts * GATHERED_LOGIT_BYTES
+        )  # fmt: skip
+        activations = batched * own + dp * batched * gathered
+    else:
+        activations = batched * (own + moe_per_token)
     fixed = Overhead(
         non_torch=NON_TORCH_BYTES,
-        communication=COMM_BYTES if tp * pp > 1 else 0,
-        activations=batched * per_token_activation,
+        communication=COMM_BYTES if tp * pp * dp > 1 else 0,
+        activations=activations,
         sampler=0,
         cuda_graphs=CUDA_GRAPH_BYTES,
     )
@@ -360,7 +501,7 @@ def estimate(req: Request, tp: int, pp: int) -> Memory:
     per_token = full_layers * per_layer
     before_sampler = budget - weights - fixed.total
     max_num_seqs = req.max_num_seqs or max(
-        req.target_concurrency,
+        -(-req.target_concurrency // dp),
         min(MAX_NUM_SEQS_CAP, max(before_sampler, 0) // per_token // TYPICAL_REQUEST_TOKENS),
     )
     sampler = min(max_num_seqs, batched) * model.vocab * SAMPLER_BYTES_PER_LOGIT
@@ -373,6 +514,7 @@ def estimate(req: Request, tp: int, pp: int) -> Memory:
         per_token=per_token,
         per_seq=sliding_layers * window * per_layer,
         max_num_seqs=max_num_seqs,
+        ranks=dp,
     )
 
 
@@ -438,6 +580,7 @@ def plan_request(req: Request) -> Plan:
     layouts = _layouts(req)
     if not layouts:
         raise DoesNotFitError(_layout_problem(req))
+    constrained = bool(req.count or req.tensor or req.pipeline)
     failures: list[tuple[int, int, Memory]] = []
     for tp, pp in layouts:
         problem = model.tp_problem(tp, expert_parallel=_expert_parallel(req, tp))
@@ -445,11 +588,66 @@ def plan_request(req: Request) -> Plan:
             raise DoesNotFitError(f"spec.parallelism: {model.name}: {problem}")
         if pp > model.num_layers:
             continue
+        split = _node_split_problem(req, tp, pp)
+        if split:
+            if constrained:
+                raise DoesNotFitError(split)
+            continue
         mem = estimate(req, tp, pp)
+        options: list[tuple[Memory, int]] = []  # (memory, data-parallel size)
         if _fits(req, mem):
-            return _build(req, tp, pp, mem, failures)
+            options.append((mem, 1))
+        dp = tp * pp
+        if _data_parallel_allowed(req, dp):
+            dp_mem = estimate(req, 1, 1, dp)
+            if _fits(req, dp_mem):
+                options.append((dp_mem, dp))
+        if options:
+            # More whole full-context sequences per replica wins; pipeline (listed first) on a tie.
+            best, best_dp = max(options, key=lambda o: o[0].whole_sequences(req.max_model_len))
+            if best_dp > 1:
+                return _build(req, 1, 1, best, failures, dp=best_dp)
+            return _build(req, tp, pp, best, failures)
         failures.append((tp, pp, mem))
     raise DoesNotFitError(_explain(req, failures))
+
+
+def _node_split_problem(req: Request, tp: int, pp: int) -> str | None:
+    """Why ``tp`` x ``pp`` cannot be spread over equal pods of whole pipeline stages, or None.
+
+    vLLM's multi-node launcher gives every node world size / nnodes ranks, TP fastest: every pod
+    holds the same number of GPUs, and either whole tensor groups (stages) or a whole share of
+    one tensor group that spans pods."""
+    gpus = tp * pp
+    nodes = math.ceil(gpus / req.node_gpus)
+    if nodes == 1:
+        return None
+    local = gpus // nodes
+    if gpus % nodes == 0 and (local % tp == 0 or tp % local == 0):
+        return None
+    return (
+        f"spec.parallelism: TP={tp} x PP={pp} = {gpus} GPUs over {nodes} nodes of "
+        f"{req.node_gpus} GPUs cannot give every node the same whole pipeline stages; choose "
+        f"spec.parallelism.pipeline as a multiple of {nodes} or a tensor size that fills a node"
+    )
+
+
+def _data_parallel_allowed(req: Request, dp: int) -> bool:
+    """Whether the data-parallel layout is a candidate for a replica of ``dp`` GPUs: an MLA
+    mixture of experts (data-parallel attention keeps one latent KV per rank instead of one per
+    GPU) spanning whole nodes, with the experts split evenly, and no explicit tensor or pipeline
+    size or expert-parallel opt-out in the spec."""
+    model, node = req.model, req.node_gpus
+    return (
+        model.attention == "mla"
+        and model.is_moe
+        and dp > node
+        and dp % node == 0
+        and model.num_experts % dp == 0
+        and not req.tensor
+        and not req.pipeline
+        and req.expert is not False
+    )
 
 
 def _fits(req: Request, mem: Memory) -> bool:
@@ -458,12 +656,20 @@ def _fits(req: Request, mem: Memory) -> bool:
 
 
 def _build(
-    req: Request, tp: int, pp: int, mem: Memory, failures: list[tuple[int, int, Memory]]
+    req: Request,
+    tp: int,
+    pp: int,
+    mem: Memory,
+    failures: list[tuple[int, int, Memory]],
+    *,
+    dp: int = 1,
 ) -> Plan:
-    tokens = mem.kv // mem.per_token
-    gpus = tp * pp
+    tokens = mem.kv // mem.per_token * dp
+    gpus = tp * pp * dp
     nodes = math.ceil(gpus / req.node_gpus)
-    load = ENGINE_INIT_SECONDS + req.model.weight_bytes // (gpus * LOAD_BYTES_PER_SECOND)
+    # Every GPU loads its share; a data-parallel rank also loads the replicated weights.
+    share = mem.weights if dp > 1 else req.model.weight_bytes // gpus
+    load = ENGINE_INIT_SECONDS + share // LOAD_BYTES_PER_SECOND
     smaller_layout = multi_node = ""
     if failures:
         ftp, fpp, fmem = failures[-1]
@@ -482,18 +688,34 @@ def _build(
                 f"{smaller} (TP={ftp} PP={fpp}) leaves no room for a {req.model.name} KV cache "
                 f"with {margin}"
             )
+    layout: Layout = "single-node"
     if nodes > 1:
-        multi_node = (
-            f"{nodes} nodes per replica ({req.node_gpus} GPUs per node): the replica runs as "
-            f"{nodes} pods, pipeline stages across nodes; the operator does not serve "
-            "multi-node replicas yet (condition NeedsMultiNode)"
+        per_node = gpus // nodes
+        group = (
+            f"{nodes} nodes per replica ({per_node} GPUs per node): the replica runs as a "
+            f"LeaderWorkerSet group of {nodes} pods, one per node; the leader (worker 0) runs "
+            f"vLLM's API server, "
+            + ("worker 1 runs" if nodes == 2 else f"workers 1-{nodes - 1} run")
+            + " headless (vllm --headless)"
         )
+        if dp > 1:
+            layout = "data-parallel"
+            multi_node = (
+                f"{group}; data-parallel attention: {dp} DP ranks of TP 1 ({per_node} per pod), "
+                f"experts split over all {dp} (expert parallel), each rank its own KV cache"
+            )
+        else:
+            layout = "pipeline"
+            multi_node = (
+                f"{group}; pipeline stages across nodes: TP {tp} inside each pod, "
+                f"{pp // nodes} stage{'s' if pp // nodes > 1 else ''} of {pp} per pod"
+            )
     return Plan(
         model=req.model.name,
         gpu_type=req.gpu.name,
         tensor_parallel_size=tp,
         pipeline_parallel_size=pp,
-        expert_parallel=_expert_parallel(req, tp),
+        expert_parallel=True if dp > 1 else _expert_parallel(req, tp),
         gpus_per_replica=gpus,
         nodes_per_replica=nodes,
         gpu_memory_utilization=req.utilization,
@@ -513,6 +735,9 @@ def _build(
         node_gpus=req.node_gpus,
         smaller_layout=smaller_layout,
         multi_node=multi_node,
+        layout=layout,
+        data_parallel_size=dp,
+        data_parallel_size_local=dp // nodes if dp > 1 else 1,
     )
 
 

@@ -13,9 +13,16 @@ Subcommands:
 ``argv``
     Print the command line as a JSON list.
 
+A multi-node launch spec (one pod of a LeaderWorkerSet group) gives each pod its own argv from
+``LWS_LEADER_ADDRESS``, ``LWS_GROUP_SIZE`` and ``LWS_WORKER_INDEX`` (launchspec.group_position).
+Every pod verifies its weights; a worker (index > 0) then waits, bounded by the spec's
+``leader_wait_seconds``, until the leader's address resolves and its port answers
+(gantry_runtime.leader), and only then starts vLLM (or, simulated, the headless simulator).
+
 ``GANTRY_HOST`` overrides the bind address (default ``0.0.0.0``; tests bind the simulator to a
 loopback address). Exit statuses: vLLM's own when it ran; 1 when the weights check failed; 2 for
-a missing or invalid launch spec or mode; 127 when the ``vllm`` executable is not on PATH.
+a missing or invalid launch spec or mode, or LeaderWorkerSet variables that do not fit it; 3 when
+a worker's leader did not answer in time; 127 when the ``vllm`` executable is not on PATH.
 """
 
 from __future__ import annotations
@@ -31,7 +38,15 @@ from pathlib import Path
 from typing import cast
 
 from gantry_runtime.launch import run_child
-from gantry_runtime.launchspec import ENV_VAR, LaunchSpec, vllm_argv
+from gantry_runtime.launchspec import (
+    ENV_VAR,
+    GroupError,
+    GroupPosition,
+    LaunchSpec,
+    group_position,
+    vllm_argv,
+)
+from gantry_runtime.leader import LeaderTimeoutError, wait_for_leader
 from gantry_runtime.weights import WeightsError, verify_weights
 
 MODE_VAR = "GANTRY_RUNTIME_MODE"
@@ -44,6 +59,7 @@ MODES = ("vllm", "simulator")
 
 EXIT_WEIGHTS = 1
 EXIT_USAGE = 2
+EXIT_LEADER = 3
 EXIT_NOT_FOUND = 127
 
 
@@ -92,8 +108,37 @@ def runtime_mode(simulate_flag: bool) -> str:
     return "simulator" if simulate_flag else mode
 
 
-def command_line(spec: LaunchSpec) -> list[str]:
-    return vllm_argv(spec, host=os.environ.get(HOST_VAR) or DEFAULT_HOST)
+def load_position(spec: LaunchSpec) -> GroupPosition | None:
+    """This pod's place in its LeaderWorkerSet group (None for a single-node spec)."""
+    try:
+        return group_position(spec, os.environ)
+    except GroupError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def command_line(spec: LaunchSpec, position: GroupPosition | None = None) -> list[str]:
+    if position is None:
+        position = load_position(spec)
+    return vllm_argv(spec, host=os.environ.get(HOST_VAR) or DEFAULT_HOST, position=position)
+
+
+def join_group(spec: LaunchSpec, position: GroupPosition | None) -> None:
+    """Log this pod's role; a worker waits for its leader (raises LeaderTimeoutError)."""
+    if position is None:
+        return
+    if position.is_leader:
+        log(
+            f"Leader of a {position.size}-pod group ({spec.layout} layout): workers connect to "
+            f"port {spec.leader_port}"
+        )
+        return
+    log(
+        f"Worker {position.worker_index} of a {position.size}-pod group ({spec.layout} layout), "
+        f"leader {position.leader_address}"
+    )
+    wait_for_leader(
+        position.leader_address, spec.leader_port, timeout=spec.leader_wait_seconds, log=log
+    )
 
 
 def write_termination_message(message: str) -> None:
@@ -117,12 +162,15 @@ def run_simulator(argv: list[str]) -> int:
 
 def serve(simulate: bool) -> int:
     spec = load_spec()
-    argv = command_line(spec)
+    position = load_position(spec)
+    argv = command_line(spec, position)
     if runtime_mode(simulate) == "simulator":
         log("Simulator mode: skipped the weights check (the simulator loads no weights)")
+        join_group(spec, position)
         print(shlex.join(argv), flush=True)
         return run_simulator(argv[2:])
     verify_weights(spec, log=log)
+    join_group(spec, position)
     print(shlex.join(argv), flush=True)
     try:
         return run_child(argv, shutdown_timeout=spec.shutdown_timeout, log=log)
@@ -163,6 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(str(exc))
         write_termination_message(str(exc))
         return EXIT_WEIGHTS
+    except LeaderTimeoutError as exc:
+        log(str(exc))
+        write_termination_message(str(exc))
+        return EXIT_LEADER
 
 
 if __name__ == "__main__":

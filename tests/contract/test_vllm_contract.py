@@ -13,7 +13,7 @@ import pytest
 from gantry_operator import gpus, manifests, planner
 from gantry_operator.catalog import presets
 from gantry_operator.spec import ModelDeploymentSpec, parse
-from gantry_runtime.launchspec import vllm_argv
+from gantry_runtime.launchspec import GroupPosition, vllm_argv
 from tests.contract.vllm_env import VllmCase, VllmCheck, VllmResult
 
 pytestmark = pytest.mark.contract
@@ -52,12 +52,18 @@ def _cases() -> tuple[list[VllmCase], dict[str, planner.Plan]]:
                     except planner.DoesNotFitError:
                         continue
                     case_id = f"{model}/{gpu}/{kv}/{source}"
+                    # A multi-node plan: the leader's argv here; test_vllm_multinode.py checks
+                    # every pod of the group.
+                    leader = GroupPosition("md-0.md.default", plan.nodes_per_replica, 0)
+                    position = leader if plan.nodes_per_replica > 1 else None
                     # The engine step needs the real config.json; the path sources use it.
                     engine = source == "pvc" and config.is_file()
                     cases.append(
                         {
                             "id": case_id,
-                            "argv": vllm_argv(manifests.launch_spec(spec, plan))[2:],
+                            "argv": vllm_argv(manifests.launch_spec(spec, plan), position=position)[
+                                2:
+                            ],
                             "config_dir": str(config.parent) if engine else None,
                             "engine": engine,
                         }

@@ -15,7 +15,8 @@ through the stages the real CLI runs:
 2. ``validate``: ``validate_parsed_serve_args``, as ``vllm serve`` runs it before starting.
 3. ``engine`` (when ``engine`` is true): ``AsyncEngineArgs.from_cli_args`` with the model
    replaced by ``config_dir``, ``skip_tokenizer_init`` and no reasoning parser, then
-   ``create_engine_config`` for the OpenAI server. This is where model-dependent checks run
+   ``create_engine_config`` for the OpenAI server (``headless=True`` for a ``--headless`` argv,
+   as vLLM's ``run_headless`` builds it). This is where model-dependent checks run
    (TP must divide the heads, context length, quantization, enum values). It runs on vLLM's
    CPU platform (``VLLM_TARGET_DEVICE=cpu``, ``HF_HUB_OFFLINE=1``; set here when the caller
    did not): the CPU platform adjusts a few settings afterwards (e.g. async scheduling off),
@@ -105,6 +106,17 @@ def _engine_summary(config: Any) -> dict[str, Any]:
             "pipeline_parallel_size": parallel.pipeline_parallel_size,
             "data_parallel_size": parallel.data_parallel_size,
             "world_size": parallel.world_size,
+            "data_parallel_size_local": parallel.data_parallel_size_local,
+            "data_parallel_rank": parallel.data_parallel_rank,
+            "data_parallel_master_ip": parallel.data_parallel_master_ip,
+            "data_parallel_rpc_port": parallel.data_parallel_rpc_port,
+            "data_parallel_hybrid_lb": parallel.data_parallel_hybrid_lb,
+            "data_parallel_external_lb": parallel.data_parallel_external_lb,
+            "nnodes": parallel.nnodes,
+            "node_rank": parallel.node_rank,
+            "node_rank_within_dp": parallel.node_rank_within_dp,
+            "master_addr": parallel.master_addr,
+            "master_port": parallel.master_port,
             "enable_expert_parallel": parallel.enable_expert_parallel,
             "distributed_executor_backend": parallel.distributed_executor_backend,
             "kv_cache_dtype": cache.cache_dtype,
@@ -163,7 +175,10 @@ def check_case(vllm: Vllm, case: dict[str, Any], capture: _Capture) -> dict[str,
             engine_args = vllm.engine_args.from_cli_args(namespace)
             vllm.propagate(namespace, engine_args)
             engine_args.skip_tokenizer_init = True
-            config = engine_args.create_engine_config(usage_context=vllm.usage_context)
+            # A headless pod (a multi-node worker) builds its config as run_headless does.
+            config = engine_args.create_engine_config(
+                usage_context=vllm.usage_context, headless=bool(namespace.headless)
+            )
             result["engine"] = _engine_summary(config)
         result["ok"] = True
         result["stage"] = None

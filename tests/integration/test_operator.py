@@ -72,13 +72,14 @@ def test_examples_run_on_planned_gpus_in_allowed_region(ns: Namespace) -> None:
         "GPU",
         "GPUS",
         "TP",
+        "NODES",
         "REPLICAS",
         "READY",
         "PHASE",
         "AGE",
     ]
     row = next(line.split() for line in table if line.startswith("gpt-oss-120b "))
-    assert row[1:8] == ["gpt-oss-120b", "H100-80GB", "2", "2", "1", "1", "Ready"]
+    assert row[1:9] == ["gpt-oss-120b", "H100-80GB", "2", "2", "1", "1", "1", "Ready"]
 
 
 def _bad(**spec_changes: Any) -> dict[str, Any]:

@@ -104,8 +104,31 @@ def test_plan_multi_node() -> None:
     assert code == 0
     (row,) = table(text)
     assert (row["GPUS"], row["TP"], row["PP"], row["NODES"]) == ("16", "8", "2", "2")
+    assert (row["DP"], row["LAYOUT"]) == ("1", "pipeline")
     assert "kimi-k2 on H100-80GB: 2 nodes per replica (8 GPUs per node)" in text
-    assert "the operator does not serve multi-node replicas yet" in text
+    assert "LeaderWorkerSet group of 2 pods" in text
+    assert "does not serve" not in text
+    # What each pod of the group holds.
+    assert "kimi-k2 on H100-80GB: pipeline layout, one pod per node:" in text
+    assert "  worker 0 (leader): API server, 8 GPUs, pipeline stage 0 (ranks 0-7)" in text
+    assert "  worker 1: headless, 8 GPUs, pipeline stage 1 (ranks 8-15)" in text
+
+
+def test_plan_multi_node_data_parallel_group_as_data() -> None:
+    code, text = run("plan", "kimi-k2", "--gpu", "H200", "-o", "json")
+    assert code == 0
+    (plan,) = json.loads(text)["plans"]
+    assert (plan["layout"], plan["dataParallelSize"], plan["dataParallelSizeLocal"]) == (
+        "data-parallel",
+        16,
+        8,
+    )
+    assert plan["group"] == [
+        {"workerIndex": 0, "role": "leader", "gpus": 8, "apiServer": True,
+         "dataParallelRanks": [0, 7]},
+        {"workerIndex": 1, "role": "worker", "gpus": 8, "apiServer": False,
+         "dataParallelRanks": [8, 15]},
+    ]  # fmt: skip
 
 
 def test_plan_gpus_per_node() -> None:
@@ -466,3 +489,24 @@ def test_every_model_with_a_context_beyond_some() -> None:
         "qwen3-32b on H100-80GB: does not fit: --context: 131072 exceeds qwen3-32b's maximum "
         "context of 40960 tokens"
     ) in text
+
+
+def test_render_argv_lines_give_each_pod_of_a_group_its_command_line() -> None:
+    from gantry_operator.cli import LEADER_PLACEHOLDER, POD_IP_PLACEHOLDER, _argv_lines
+    from gantry_operator.spec import parse
+
+    body = {
+        "model": {"preset": "kimi-k2"},
+        "source": {"pvc": {"claimName": "weights"}},
+        "gpu": {"type": "H200"},
+    }
+    spec = parse("k2", "default", body)
+    plan = planner.plan(spec)
+    lines = _argv_lines(spec, plan)
+    assert [line.split(":")[0] for line in lines[::2]] == ["# worker 0 (leader)", "# worker 1"]
+    leader, worker = (shlex.split(line) for line in lines[1::2])
+    assert leader[leader.index("--data-parallel-address") + 1] == POD_IP_PLACEHOLDER
+    assert worker[worker.index("--data-parallel-address") + 1] == LEADER_PLACEHOLDER
+    assert "--headless" not in leader
+    assert worker[worker.index("--data-parallel-start-rank") + 1] == "8"
+    assert "--headless" in worker

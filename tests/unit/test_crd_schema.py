@@ -270,6 +270,7 @@ PRINTER_COLUMNS = [
     ("GPU", "string", ".status.plan.gpuType"),
     ("GPUs", "integer", ".status.plan.gpusPerReplica"),
     ("TP", "integer", ".status.plan.tensorParallelSize"),
+    ("Nodes", "integer", ".status.plan.nodesPerReplica"),
     ("Replicas", "integer", ".spec.replicas"),
     ("Ready", "integer", ".status.readyReplicas"),
     ("Phase", "string", ".status.phase"),

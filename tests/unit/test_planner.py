@@ -133,12 +133,19 @@ class Expected:
     per_token: int
     per_seq: int
     max_num_seqs: int
+    #: Independent KV pools per replica (data-parallel ranks).
+    ranks: int = 1
 
     def sequences(self, max_len: int) -> float:
-        return max(self.kv, 0) / (max_len * self.per_token + self.per_seq)
+        return self.ranks * max(self.kv, 0) / (max_len * self.per_token + self.per_seq)
+
+    def whole_sequences(self, max_len: int) -> int:
+        """A sequence lives in one rank's KV pool: whole sequences per rank, times the ranks."""
+        return self.ranks * (max(self.kv, 0) // (max_len * self.per_token + self.per_seq))
 
     def headroom(self, max_len: int, concurrency: int = 1) -> int:
-        return self.kv - concurrency * (max_len * self.per_token + self.per_seq)
+        per_rank = -(-concurrency // self.ranks)
+        return self.kv - per_rank * (max_len * self.per_token + self.per_seq)
 
     def fits(self, max_len: int, concurrency: int = 1, margin: int = MARGIN) -> bool:
         return self.kv > 0 and self.headroom(max_len, concurrency) >= margin
@@ -184,6 +191,58 @@ def expected(
         per_token=per_token,
         per_seq=math.ceil(f.sliding_layers / pp) * window_tokens * per_layer,
         max_num_seqs=seqs,
+    )
+
+
+#: config.json first_k_dense_replace of the MLA models: leading layers with a dense MLP.
+DENSE_LAYERS = {"deepseek-v3": 3, "deepseek-r1": 3, "kimi-k2": 1}
+FP8_BLOCK = 128
+GATHERED_HIDDEN, GATHERED_LOGIT = 2, 4  # BF16 hidden states, float32 router logits
+
+
+def routed_expert_bytes(model: str) -> int:
+    """FP8 block checkpoints: each of the 3 matrices of every routed expert of every MoE layer is
+    hidden x width bytes plus one float32 scale per 128 x 128 block."""
+    f = FACTS[model]
+    scales = math.ceil(f.hidden / FP8_BLOCK) * math.ceil(f.width / FP8_BLOCK)
+    return 3 * (f.layers - DENSE_LAYERS[model]) * f.experts * (f.hidden * f.width + 4 * scales)
+
+
+def expected_dp(
+    model: str,
+    gpu: str,
+    dp: int,
+    max_len: int,
+    *,
+    batched: int | None = None,
+    concurrency: int = 1,
+    elem: int = 2,
+) -> Expected:
+    """docs/planner.md "Multi-node layouts": DP ranks of TP 1, non-expert weights on every rank,
+    routed experts split DP ways, the MoE over the tokens of every rank, one KV pool per rank."""
+    f, m = FACTS[model], preset(model)
+    batched = batched or batched_default(gpu)
+    budget = int(gpus.PROFILES[gpu].memory_mib * MIB * UTILIZATION)
+    routed = routed_expert_bytes(model)
+    weights = m.weight_bytes - routed + math.ceil(routed / dp)
+    gathered = f.topk * (3 * f.width + f.hidden) * 2 + f.hidden * GATHERED_HIDDEN
+    gathered += f.experts * GATHERED_LOGIT
+    activations = batched * f.hidden * ACTIVATION_PER_HIDDEN + dp * batched * gathered
+    fixed = NON_TORCH + COMM + activations + CUDA_GRAPHS
+    per_token = f.layers * f.mla_latent * elem
+    before = budget - weights - fixed
+    seqs = max(-(-concurrency // dp), min(MAX_SEQS_CAP, max(before, 0) // per_token // 2048))
+    sampler = min(seqs, batched) * f.vocab * SAMPLER_PER_LOGIT
+    return Expected(
+        budget=budget,
+        weights=weights,
+        overhead=fixed + sampler,
+        sampler=sampler,
+        kv=before - sampler,
+        per_token=per_token,
+        per_seq=0,
+        max_num_seqs=seqs,
+        ranks=dp,
     )
 
 
@@ -640,6 +699,12 @@ def test_smallest_plan_for_every_catalog_model(model: str, gpu: str) -> None:
     tp, pp = SMALLEST[(model, gpu)]
     max_len = FACTS[model].max_context
     plan = plan_request(request(model, gpu))
+    if plan.layout == "data-parallel":
+        # The same GPU count as the pipeline candidate; the layout choice itself is checked by
+        # test_multi_node_layout_is_the_one_holding_more_sequences.
+        assert plan.gpus_per_replica == tp * pp
+        assert_dp_plan_matches(plan, expected_dp(model, gpu, tp * pp, max_len))
+        return
     assert (plan.tensor_parallel_size, plan.pipeline_parallel_size) == (tp, pp)
     assert plan.gpus_per_replica == tp * pp
     assert plan.nodes_per_replica == (2 if tp * pp == 16 else 1)
@@ -659,12 +724,168 @@ def test_smallest_plan_for_every_catalog_model(model: str, gpu: str) -> None:
             plan_request(request(model, gpu, tensor=etp, pipeline=epp))
 
 
+def assert_dp_plan_matches(plan: Plan, exp: Expected) -> None:
+    assert plan.layout == "data-parallel"
+    assert (plan.tensor_parallel_size, plan.pipeline_parallel_size) == (1, 1)
+    assert plan.data_parallel_size == plan.gpus_per_replica == exp.ranks
+    assert plan.data_parallel_size_local == plan.node_gpus
+    assert plan.nodes_per_replica == exp.ranks // plan.node_gpus
+    assert plan.expert_parallel is True
+    assert plan.weight_bytes_per_gpu == exp.weights
+    assert plan.overhead_bytes_per_gpu == exp.overhead
+    assert plan.kv_bytes_per_gpu == exp.kv
+    assert plan.kv_bytes_per_token == exp.per_token
+    assert plan.kv_cache_tokens == exp.kv // exp.per_token * exp.ranks
+    assert plan.max_num_seqs == exp.max_num_seqs
+    assert plan.sequences_at_max_len == pytest.approx(exp.sequences(plan.max_model_len), rel=1e-12)
+    # Each rank loads the replicated weights and its share of the experts.
+    assert plan.expected_load_seconds == ENGINE_INIT + exp.weights // LOAD_RATE
+
+
+# --- multi-node layouts --------------------------------------------------------------------------
+
+
+def test_routed_expert_bytes_follow_the_config() -> None:
+    for name in DENSE_LAYERS:
+        m = preset(name)
+        assert m.dense_layers == DENSE_LAYERS[name]
+        assert m.routed_expert_bytes == routed_expert_bytes(name)
+        # The rest (attention, embeddings, dense and shared MLPs) is a few percent of the total.
+        rest = m.weight_bytes - m.routed_expert_bytes
+        assert 0.01 < rest / m.weight_bytes < 0.04, (name, rest)
+
+
+@pytest.mark.parametrize("name", sorted(DENSE_LAYERS))
+def test_dense_layers_match_the_config_json(name: str) -> None:
+    config = json.loads((REPO / "tests/data/models" / name / "config.json").read_text())
+    assert config["first_k_dense_replace"] == DENSE_LAYERS[name]
+    assert config["quantization_config"]["weight_block_size"] == [FP8_BLOCK, FP8_BLOCK]
+
+
+MULTI_NODE_GPUS = ["H100-80GB", "H100-NVL", "H200", "B200", "L40S", "MI300X"]
+
+
+@pytest.mark.parametrize("gpu", MULTI_NODE_GPUS)
+@pytest.mark.parametrize("model", sorted(DENSE_LAYERS))
+@pytest.mark.parametrize("context", [None, 32768])
+def test_multi_node_layout_is_the_one_holding_more_sequences(
+    model: str, gpu: str, context: int | None
+) -> None:
+    """Both layouts at the plan's GPU count, recomputed: the plan is the one that fits and holds
+    more whole full-context sequences per replica (pipeline on a tie)."""
+    max_len = context or FACTS[model].max_context
+    try:
+        plan = plan_request(request(model, gpu, max_model_len=max_len))
+    except DoesNotFitError:
+        return
+    if plan.nodes_per_replica == 1:
+        assert plan.layout == "single-node"
+        return
+    g = plan.gpus_per_replica
+    pipe = expected(model, gpu, 8, g // 8, max_len)
+    dp_ok = FACTS[model].experts % g == 0
+    data = expected_dp(model, gpu, g, max_len)
+    pipe_fits, dp_fits = pipe.fits(max_len), dp_ok and data.fits(max_len)
+    assert pipe_fits or dp_fits
+    if dp_fits and (not pipe_fits or data.whole_sequences(max_len) > pipe.whole_sequences(max_len)):
+        assert_dp_plan_matches(plan, data)
+    else:
+        assert plan.layout == "pipeline"
+        assert_plan_matches(plan, model, gpu, 8, g // 8, pipe)
+
+
+def test_there_are_plans_of_both_multi_node_layouts() -> None:
+    layouts = {
+        plan_request(request(model, gpu)).layout
+        for model in DENSE_LAYERS
+        for gpu in MULTI_NODE_GPUS
+    }
+    assert {"pipeline", "data-parallel"} <= layouts
+
+
+def test_kimi_k2_on_h200_runs_data_parallel_by_the_arithmetic() -> None:
+    """The recipe's DP 16 + EP across two H200 nodes: TP 8 x PP 2 holds 13 whole sequences of
+    131072 tokens per replica; 16 DP ranks hold 2 each (32)."""
+    pipe = expected("kimi-k2", "H200", 8, 2, 131072)
+    data = expected_dp("kimi-k2", "H200", 16, 131072)
+    assert pipe.fits(131072)
+    assert data.fits(131072)
+    assert data.whole_sequences(131072) > pipe.whole_sequences(131072)
+    plan = plan_request(request("kimi-k2", "H200"))
+    assert_dp_plan_matches(plan, data)
+    assert (plan.data_parallel_size, plan.data_parallel_size_local) == (16, 8)
+    assert plan.summary.startswith(
+        "DP=16 (8 per node) TP=1 EP on 16 x H200 (2 nodes, data-parallel attention, experts "
+        "across nodes)"
+    )
+    assert plan.to_status()["layout"] == "data-parallel"
+    assert plan.to_status()["dataParallelSize"] == 16
+    assert "data-parallel attention: 16 DP ranks of TP 1 (8 per pod)" in plan.multi_node
+
+
+def test_data_parallel_does_not_fit_where_replicated_weights_and_gathered_tokens_do_not() -> None:
+    # DeepSeek on 16 H100: non-expert weights on every rank plus the gathered MoE batch leave
+    # nothing; the pipeline layout is the plan.
+    assert not expected_dp("deepseek-r1", "H100-80GB", 16, 163840).fits(163840)
+    assert plan_request(request("deepseek-r1", "H100-80GB")).layout == "pipeline"
+    # A smaller batch shrinks the gathered activations: then DP fits at a shorter context.
+    small = expected_dp("deepseek-r1", "H100-80GB", 16, 16384, batched=512)
+    assert small.fits(16384)
+
+
+def test_target_concurrency_is_spread_over_the_data_parallel_ranks() -> None:
+    # 20 sequences over 16 ranks: every rank must hold ceil(20 / 16) = 2.
+    data = expected_dp("kimi-k2", "H200", 16, 65536, concurrency=20)
+    plan = plan_request(request("kimi-k2", "H200", max_model_len=65536, target_concurrency=20))
+    assert_dp_plan_matches(plan, data)
+    assert plan.headroom_bytes_per_gpu == data.headroom(65536, 20)
+    assert plan.headroom_bytes_per_gpu == data.kv - 2 * 65536 * data.per_token
+
+
+@pytest.mark.parametrize(
+    "override",
+    [{"tensor": 8}, {"pipeline": 2}, {"expert": False}],
+)
+def test_explicit_parallelism_keeps_the_pipeline_layout(override: dict[str, Any]) -> None:
+    plan = plan_request(request("kimi-k2", "H200", **override))
+    assert plan.layout == "pipeline"
+    assert (plan.tensor_parallel_size, plan.pipeline_parallel_size) == (8, 2)
+
+
+def test_an_explicit_count_may_run_data_parallel() -> None:
+    plan = plan_request(request("kimi-k2", "H200", count=16))
+    assert_dp_plan_matches(plan, expected_dp("kimi-k2", "H200", 16, 131072))
+
+
+def test_data_parallel_needs_whole_nodes_and_an_even_expert_split() -> None:
+    allowed = planner._data_parallel_allowed
+    assert allowed(request("kimi-k2", "H200"), 16)
+    assert allowed(request("kimi-k2", "H200"), 24)  # 384 experts / 24 = 16
+    assert not allowed(request("deepseek-r1", "H200"), 24)  # 256 experts / 24
+    assert not allowed(request("deepseek-r1", "H200"), 8)  # one node: single-node plan
+    assert not allowed(request("deepseek-r1", "H200", gpus_per_node=6), 8)  # not whole nodes
+    assert not allowed(request("glm-4.5", "H100-80GB"), 16)  # GQA attention
+
+
+def test_pods_hold_whole_stages() -> None:
+    plan = plan_request(request("deepseek-r1", "H200", tensor=4, pipeline=4))
+    assert [(m.worker_index, m.first_stage, m.last_stage, m.first_rank, m.last_rank)
+            for m in plan.group] == [(0, 0, 1, 0, 7), (1, 2, 3, 8, 15)]  # fmt: skip
+    assert plan.group[0].describe(plan.layout) == (
+        "worker 0 (leader): API server, 8 GPUs, pipeline stages 0-1 (ranks 0-7)"
+    )
+    # 12 GPUs over two 8-GPU nodes would put 6 on each, splitting a tensor group of 4.
+    with pytest.raises(DoesNotFitError, match=r"TP=4 x PP=3 = 12 GPUs over 2 nodes"):
+        plan_request(request("deepseek-r1", "H200", tensor=4, pipeline=3))
+
+
 def test_multi_node_plan_reports_its_nodes() -> None:
     plan = plan_request(request("kimi-k2", "H100-80GB"))
     assert plan.nodes_per_replica == 2
     assert plan.gpus_per_node == 8
-    assert "on 16 x H100-80GB (2 nodes)" in plan.summary
+    assert "TP=8 PP=2 on 16 x H100-80GB (2 nodes, pipeline stages across nodes)" in plan.summary
     assert plan.to_status()["nodesPerReplica"] == 2
+    assert plan.to_status()["layout"] == "pipeline"
 
 
 def test_gpus_per_node_override_spreads_stages_over_more_nodes() -> None:
@@ -995,6 +1216,9 @@ def test_plan_status_fields() -> None:
         "expertParallel": False,
         "gpusPerReplica": 2,
         "nodesPerReplica": 1,
+        "layout": "single-node",
+        "dataParallelSize": 1,
+        "dataParallelSizeLocal": 1,
         "gpuMemoryUtilization": "0.90",
         "maxModelLen": 131072,
         "maxNumSeqs": plan.max_num_seqs,
@@ -1206,9 +1430,10 @@ def test_multi_node_plans_say_how_they_are_served() -> None:
     plan = plan_request(request("kimi-k2"))
     assert plan.nodes_per_replica == 2
     assert plan.notes[-1] == (
-        "2 nodes per replica (8 GPUs per node): the replica runs as 2 pods, pipeline stages "
-        "across nodes; the operator does not serve multi-node replicas yet (condition "
-        "NeedsMultiNode)"
+        "2 nodes per replica (8 GPUs per node): the replica runs as a LeaderWorkerSet group of 2 "
+        "pods, one per node; the leader (worker 0) runs vLLM's API server, worker 1 runs "
+        "headless (vllm --headless); pipeline stages across nodes: TP 8 inside each pod, 1 stage "
+        "of 2 per pod"
     )
     assert plan.to_dict()["notes"] == list(plan.notes)
 

@@ -21,6 +21,8 @@ WeightDtype = Literal["mxfp4", "fp8", "bf16"]
 KV_DTYPE_BYTES = {"auto": 2, "bfloat16": 2, "fp8": 1}
 #: MXFP4 stores 4-bit values plus one 8-bit scale per 32 (OCP MX block): 17 bytes per 32 weights.
 MXFP4_BYTES_PER_32_WEIGHTS = 17
+#: An FP8 block-quantised matrix holds one float32 scale per block.
+FP8_SCALE_BYTES = 4
 #: Vocabulary assumed when a custom model does not state its own (large: it sizes the sampler's
 #: memory, so guessing high is the safe side).
 DEFAULT_VOCAB_SIZE = 262144
@@ -52,6 +54,9 @@ class ModelArch:
     mla_latent_dim: int = 0
     num_experts: int = 0
     experts_per_token: int = 0
+    #: Leading layers with a dense MLP instead of routed experts (config.json
+    #: ``first_k_dense_replace``); the rest hold ``num_experts`` routed experts each.
+    dense_layers: int = 0
     #: Width of one expert's (or the dense MLP's) up projection; FP8 block quantisation needs
     #: each tensor rank's slice to be a whole number of blocks.
     moe_intermediate_size: int = 0
@@ -89,6 +94,25 @@ class ModelArch:
             return 0
         weights = 3 * self.num_layers * self.num_experts * self.hidden_size
         return weights * self.moe_intermediate_size * MXFP4_BYTES_PER_32_WEIGHTS // 32
+
+    @property
+    def routed_expert_bytes(self) -> int:
+        """Checkpoint bytes of the routed experts (gate, up and down projections of every expert
+        of every MoE layer), in the checkpoint's format: what expert parallel shards over its
+        ranks. FP8 block checkpoints add one float32 scale per block of each matrix."""
+        if not self.is_moe:
+            return 0
+        if self.weight_dtype == "mxfp4":
+            return self.expert_weight_bytes
+        matrix = self.hidden_size * self.moe_intermediate_size
+        if self.weight_dtype == "fp8":
+            block = self.fp8_block_size or 1
+            scales = -(-self.hidden_size // block) * -(-self.moe_intermediate_size // block)
+            per_matrix = matrix + FP8_SCALE_BYTES * scales
+        else:
+            per_matrix = 2 * matrix
+        moe_layers = self.num_layers - self.dense_layers
+        return 3 * moe_layers * self.num_experts * per_matrix
 
     def kv_heads_per_rank(self, tp: int) -> int:
         """KV heads one tensor rank holds: split while TP <= KV heads, replicated beyond."""

@@ -9,9 +9,12 @@ from gantry_operator.engine_args import render
 from gantry_operator.planner import Plan
 from gantry_operator.spec import MODEL_MOUNT, ModelDeploymentSpec
 from gantry_operator.spec_rules import OFFLINE_ENV, PRIVACY_ENV
-from gantry_runtime.launchspec import ENV_VAR, LaunchSpec
+from gantry_runtime.launchspec import ENV_VAR, LEADER_WAIT_SECONDS, LaunchSpec
 
 CACHE_DIR = "/var/cache/gantry"
+#: The pod network's interface inside a pod (every common CNI names it eth0): NCCL and Gloo
+#: must talk over it, not over loopback or a host interface they might pick by themselves.
+POD_INTERFACE = "eth0"
 
 
 def _model_location(spec: ModelDeploymentSpec) -> tuple[str, str | None, str | None, bool]:
@@ -35,6 +38,17 @@ def launch_spec(spec: ModelDeploymentSpec, plan: Plan) -> LaunchSpec:
     reasoning_parser = args.pop("reasoning-parser", model.reasoning_parser)
     trust = args.pop("trust-remote-code", str(model.trust_remote_code)).lower() == "true"
     location, load_format, revision, local = _model_location(spec)
+    group: dict[str, Any] = {}
+    if plan.nodes_per_replica > 1:
+        group = {
+            "nnodes": plan.nodes_per_replica,
+            "layout": plan.layout,
+            "data_parallel_size": plan.data_parallel_size,
+            "data_parallel_size_local": plan.data_parallel_size_local,
+            # The leader loads its share of the weights before its port answers on some
+            # paths: give it at least the plan's expected load time.
+            "leader_wait_seconds": max(LEADER_WAIT_SECONDS, plan.expected_load_seconds),
+        }
     return LaunchSpec(
         model=location,
         served_model_name=spec.served_model_name,
@@ -55,7 +69,23 @@ def launch_spec(spec: ModelDeploymentSpec, plan: Plan) -> LaunchSpec:
         verify_local_weights=local,
         sha256=dict(spec.source.sha256),
         extra_args=tuple(render(k, v) for k, v in sorted(args.items())),
+        **group,
     )
+
+
+def multinode_env(plan: Plan, *, interface: str = POD_INTERFACE) -> list[dict[str, Any]]:
+    """Env every container of a multi-node group needs besides :func:`build_env`'s (empty for
+    one node), sorted by name: NCCL and Gloo on the pod network's interface, and vLLM's own
+    address (``VLLM_HOST_IP``, which vLLM otherwise guesses from the default route) from the
+    pod's IP; the leader's runtime also binds the group's ports there (launchspec.group_args).
+    LeaderWorkerSet adds LWS_LEADER_ADDRESS, LWS_GROUP_SIZE and LWS_WORKER_INDEX."""
+    if plan.nodes_per_replica <= 1:
+        return []
+    return [
+        {"name": "GLOO_SOCKET_IFNAME", "value": interface},
+        {"name": "NCCL_SOCKET_IFNAME", "value": interface},
+        {"name": "VLLM_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ]
 
 
 def _secret_env(name: str, secret: str, key: str, *, optional: bool = False) -> dict[str, Any]:

@@ -80,6 +80,12 @@ class SimConfig:
     reasoning_parser: str | None = None
     #: With a tool parser vLLM registers ``vllm:tool_call_parser_invocations``.
     tool_call_parser: str | None = None
+    #: ``--headless``: a multi-node worker; no API server, up until SIGTERM.
+    headless: bool = False
+    #: The port a multi-node leader also listens on, standing in for torch.distributed's store
+    #: (``--master-port`` with ``--nnodes`` > 1) or the data-parallel handshake
+    #: (``--data-parallel-rpc-port`` when ranks live on other nodes); None on one node.
+    group_port: int | None = None
 
     @property
     def model_name(self) -> str:
@@ -151,6 +157,13 @@ def _build_parser() -> argparse.ArgumentParser:
     add("--tool-call-parser", default=None)
     add("--config", default=None)
     add("--gantry-kv-cache-tokens", type=human_readable_int, default=None)
+    # Multi-node (vLLM's names and defaults: ParallelConfig.master_port, data_parallel_rpc_port).
+    add("--headless", action="store_true")
+    add("--nnodes", "-n", type=int, default=1)
+    add("--master-port", type=int, default=29501)
+    add("--data-parallel-size", "-dp", type=int, default=1)
+    add("--data-parallel-size-local", "-dpl", type=int, default=None)
+    add("--data-parallel-rpc-port", "-dpp", type=int, default=29550)
     return parser
 
 
@@ -312,6 +325,13 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> S
             f"--gpu-memory-utilization must be in (0, 1], got {ns.gpu_memory_utilization}"
         )
 
+    group_port: int | None = None
+    local = ns.data_parallel_size_local or ns.data_parallel_size
+    if not ns.headless and ns.nnodes > 1:
+        group_port = ns.master_port
+    elif not ns.headless and local < ns.data_parallel_size:
+        group_port = ns.data_parallel_rpc_port
+
     if ns.gantry_kv_cache_tokens is not None:
         kv_tokens: int = ns.gantry_kv_cache_tokens
     elif knobs.kv_cache_tokens is not None:
@@ -349,6 +369,8 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str] | None = None) -> S
         ignored_args=tuple(unknown),
         reasoning_parser=ns.reasoning_parser or None,
         tool_call_parser=ns.tool_call_parser or None,
+        headless=ns.headless,
+        group_port=group_port,
     )
 
 

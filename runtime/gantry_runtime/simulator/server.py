@@ -753,6 +753,53 @@ async def serve(
         knobs.decode_rate,
         knobs.batch_penalty,
     )
+    if config.headless:
+        return await _headless(stop)
+    group_server: asyncio.Server | None = None
+    if config.group_port is not None:
+        group_server = await _listen_for_workers(config.host, config.group_port)
+        if group_server is None:
+            return 1
+    try:
+        return await _serve_api(config, stop, on_ready)
+    finally:
+        if group_server is not None:
+            group_server.close()
+            await group_server.wait_closed()
+
+
+async def _headless(stop: asyncio.Event) -> int:
+    """A multi-node worker (``--headless``): vLLM runs no API server there; nor does the
+    simulator. It stays up until SIGTERM or SIGINT."""
+    log.info("Headless worker: no API server; running until SIGTERM")
+    await stop.wait()
+    log.info("Shutting down the headless worker")
+    return 0
+
+
+async def _close_at_once(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
+async def _listen_for_workers(host: str | None, port: int) -> asyncio.Server | None:
+    """Listen on the leader's group port, as torch.distributed's store or vLLM's data-parallel
+    handshake would, so that the workers' wait for the leader succeeds. Like vLLM, it opens
+    before the engine start-up; connections are accepted and closed."""
+    try:
+        server = await asyncio.start_server(_close_at_once, host, port)
+    except OSError as exc:
+        log.error("Could not listen on %s:%d for the group's workers: %s", host or "*", port, exc)
+        return None
+    log.info("Listening for the group's workers on %s:%d", host or "0.0.0.0", port)
+    return server
+
+
+async def _serve_api(
+    config: SimConfig, stop: asyncio.Event, on_ready: Callable[[int], None] | None
+) -> int:
+    knobs = config.knobs
     if knobs.startup_delay > 0:
         log.info(
             "Simulating engine start-up for %.1f s (the port stays closed)", knobs.startup_delay
