@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import difflib
 import os
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 import yaml
 
 from gantry_operator import manifests, planner
+from gantry_operator.cli import _argv_lines as argv_lines
 from gantry_operator.manifests import Owner, build_all, build_deployment, launch_spec
 from gantry_operator.manifests.common import LEADER_LABEL
 from gantry_operator.manifests.launch import build_env
@@ -240,12 +240,12 @@ def _render(case: str) -> str:
     name, spec = ALL_CASES[case]
     parsed, plan = _build(name, spec)
     objects = build_all(parsed, plan, owner=Owner(name=name, uid=OWNER.uid))
-    argv = shlex.join(vllm_argv(launch_spec(parsed, plan)))
+    argv = "".join(f"# argv: {line}" for line in argv_lines(parsed, plan) if line[0] != "#")
     header = (
         f"# Golden file of tests/unit/test_builders.py, case {case}. Regenerate with\n"
         "#   GANTRY_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/unit/test_builders.py\n"
         f"# plan: {plan.summary}\n"
-        f"# argv: {argv}\n"
+        f"{argv}"
     )
     return header + yaml.safe_dump_all(objects, sort_keys=False, width=100)
 

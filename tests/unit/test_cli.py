@@ -237,8 +237,7 @@ def test_render_argv() -> None:
     code, text = run("render", str(EXAMPLES), "--argv")
     assert code == 0
     lines = text.splitlines()
-    summaries = [line for line in lines if line.startswith("#")]
-    assert summaries[1].startswith("# gpt-oss-120b: TP=2 PP=1 on 2 x H100-80GB")
+    assert any(line.startswith("# gpt-oss-120b: TP=2 PP=1 on 2 x H100-80GB") for line in lines)
     commands = [shlex.split(line) for line in lines if not line.startswith("#")]
     assert len(commands) >= 4
     for argv in commands:

@@ -132,12 +132,3 @@ def build_env(spec: ModelDeploymentSpec, launch: LaunchSpec) -> list[dict[str, A
     for item in spec.serving.env:
         ours[str(item["name"])] = dict(item)
     return [ours[name] for name in sorted(ours)]
-
-
-def multinode_env(plan: Plan) -> list[dict[str, Any]]:
-    """Env every pod of a multi-node group needs besides the launch spec."""
-    del plan
-    return [
-        {"name": "GLOO_SOCKET_IFNAME", "value": "eth0"},
-        {"name": "NCCL_SOCKET_IFNAME", "value": "eth0"},
-    ]
