@@ -1,7 +1,8 @@
 """The fake GPU fleet: one table of nodes that tests can reference, and its creation.
 
-Eight nodes kwok plays the kubelet for, spread over two regions so placement/residency tests
-have a real choice to make:
+Twelve nodes kwok plays the kubelet for, spread over two regions so placement/residency tests
+have a real choice to make, and so that one region (eu-west-1) holds four 8-GPU H100 nodes and
+two 8-GPU H200 nodes for multi-node (LeaderWorkerSet) replicas:
 
 =================  =======  ===========  ===========  ==================
 node               GPUs     region       zone         podCIDR
@@ -14,6 +15,10 @@ a100-eu-west-1a    8 A100   eu-west-1    eu-west-1a   127.1.5.0/24
 a100-eu-west-1b    8 A100   eu-west-1    eu-west-1b   127.1.6.0/24
 l4-us-east-1a      4 L4     us-east-1    us-east-1a   127.1.7.0/24
 l4-us-east-1b      4 L4     us-east-1    us-east-1b   127.1.8.0/24
+h100-eu-west-1c    8 H100   eu-west-1    eu-west-1c   127.1.9.0/24
+h100-eu-west-1d    8 H100   eu-west-1    eu-west-1d   127.1.10.0/24
+h200-eu-west-1a    8 H200   eu-west-1    eu-west-1a   127.1.11.0/24
+h200-eu-west-1b    8 H200   eu-west-1    eu-west-1b   127.1.12.0/24
 =================  =======  ===========  ===========  ==================
 
 Labels are the ones NVIDIA GPU feature discovery sets (``nvidia.com/gpu.product`` etc.) plus the
@@ -93,7 +98,19 @@ L4 = GpuModel(
     memory_gib=192,
     ephemeral_gib=940,
 )
-GPU_MODELS = (H100, A100, L4)
+H200 = GpuModel(
+    product="NVIDIA-H200",
+    memory_mib=143771,
+    family="hopper",
+    compute=(9, 0),
+    mig_capable=True,
+    instance_type="p5e.48xlarge",
+    gpus=8,
+    cpus=192,
+    memory_gib=2048,
+    ephemeral_gib=3800,
+)
+GPU_MODELS = (H100, A100, L4, H200)
 
 
 @dataclass(frozen=True)
@@ -169,6 +186,10 @@ NODES: tuple[FakeNode, ...] = (
     FakeNode(6, "a100-eu-west-1b", A100, "eu-west-1", "eu-west-1b"),
     FakeNode(7, "l4-us-east-1a", L4, "us-east-1", "us-east-1a"),
     FakeNode(8, "l4-us-east-1b", L4, "us-east-1", "us-east-1b"),
+    FakeNode(9, "h100-eu-west-1c", H100, "eu-west-1", "eu-west-1c"),
+    FakeNode(10, "h100-eu-west-1d", H100, "eu-west-1", "eu-west-1d"),
+    FakeNode(11, "h200-eu-west-1a", H200, "eu-west-1", "eu-west-1a"),
+    FakeNode(12, "h200-eu-west-1b", H200, "eu-west-1", "eu-west-1b"),
 )
 REGIONS = tuple(sorted({n.region for n in NODES}))
 
