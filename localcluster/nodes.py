@@ -25,11 +25,13 @@ Labels are the ones NVIDIA GPU feature discovery sets (``nvidia.com/gpu.product`
 well-known topology and instance-type labels; every node carries the GPU operator's usual taint
 ``nvidia.com/gpu=present:NoSchedule``. kwok gives each pod the next free address of its node's
 podCIDR, so pod IPs are unique 127.1.<node>.<n> addresses a simulator can bind to (the first
-pod on a node gets ``.0``: kwok counts from the CIDR's base address).
+pod on a node gets ``.0``: kwok counts from the CIDR's base address). :func:`on_pod_network`
+moves a fleet to another 127.<x> pod network, for a second cluster alongside the first.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -120,10 +122,12 @@ class FakeNode:
     gpu: GpuModel
     region: str
     zone: str
+    #: The second octet of the pod addresses: 127.<pod_network>.<index>.<n>.
+    pod_network: int = 1
 
     @property
     def pod_cidr(self) -> str:
-        return f"127.1.{self.index}.0/24"
+        return f"127.{self.pod_network}.{self.index}.0/24"
 
     @property
     def internal_ip(self) -> str:
@@ -192,6 +196,22 @@ NODES: tuple[FakeNode, ...] = (
     FakeNode(12, "h200-eu-west-1b", H200, "eu-west-1", "eu-west-1b"),
 )
 REGIONS = tuple(sorted({n.region for n in NODES}))
+
+
+#: The pod network of :func:`on_pod_network` copies for a LeaderWorkerSet cluster (tests).
+LWS_POD_NETWORK = 43
+
+
+def on_pod_network(fleet: Sequence[FakeNode], pod_network: int) -> tuple[FakeNode, ...]:
+    """``fleet`` with pod addresses 127.<pod_network>.<index>.<n>: a second cluster that runs
+    at the same time as one on the default network (127.1) then never hands out the same pod
+    address, so the processes that bind them do not collide."""
+    if not 1 <= pod_network <= 255 or pod_network in (2, 3):
+        raise ValueError(
+            f"pod_network {pod_network}: pick 1..255 other than 2 (node IPs) and 3 (kwok's "
+            "fallback range)"
+        )
+    return tuple(dataclasses.replace(n, pod_network=pod_network) for n in fleet)
 
 
 def node(name: str) -> FakeNode:
