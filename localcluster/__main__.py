@@ -1,7 +1,8 @@
 """``python -m localcluster {build,up,runner,down,status,env}``: the local control plane by hand.
 
 ``up`` starts a detached cluster (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-kwok) with the fake GPU nodes in a persistent state dir and returns; ``runner`` (or
+kwok; with ``--lws`` LeaderWorkerSet's controller manager too) with the fake GPU nodes in a
+persistent state dir and returns; ``runner`` (or
 ``up --runner``) starts the process runner, which runs a vLLM simulator for every runtime pod
 (see :mod:`localcluster.runner`); ``down`` stops both and removes the state; ``status`` shows
 what runs; ``env`` prints shell exports for it.
@@ -56,13 +57,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     existing = _attached(state_dir)
     if existing is not None and all(existing.running().values()):
         print(f"already running from {state_dir}")
+        if args.lws and not existing.leaderworkerset:
+            print("(without LeaderWorkerSet: run `python -m localcluster down`, then `up --lws`)")
         _print_env(existing)
         return 0
     build.ensure_built()
     if runner.stop_detached(state_dir):
         _say("stopped the process runner of the previous cluster")
     started = time.monotonic()
-    cluster = LocalCluster(state_dir, detach=True, log=_say)
+    cluster = LocalCluster(state_dir, detach=True, log=_say, leaderworkerset=args.lws)
     try:
         cluster.start()
         if not args.no_nodes:
@@ -181,6 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     up = commands.add_parser("up", help="start a detached cluster with the fake GPU nodes")
     up.add_argument("--no-nodes", action="store_true", help="do not create the fake nodes")
     up.add_argument("--runner", action="store_true", help="start the process runner too")
+    up.add_argument(
+        "--lws",
+        "--leaderworkerset",
+        action="store_true",
+        help="run LeaderWorkerSet's controller manager too (its CRDs, webhooks on 127.0.0.1)",
+    )
     run = commands.add_parser(
         "runner", help="start the process runner: a vLLM simulator for every runtime pod"
     )

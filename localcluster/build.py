@@ -9,13 +9,14 @@ left where Go keeps them, so a version bump recompiles only what changed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,8 @@ class Component:
     name: str
     version: str
     binaries: tuple[str, ...]
+    #: Other files the build puts in :attr:`directory` (paths relative to it).
+    data: tuple[str, ...] = ()
 
     @property
     def directory(self) -> Path:
@@ -41,7 +44,7 @@ class Component:
         return self.directory / binary
 
     def built(self) -> bool:
-        return all(self.path(b).is_file() for b in self.binaries)
+        return all(self.path(f).is_file() for f in (*self.binaries, *self.data))
 
 
 KUBERNETES = Component("kubernetes", versions.KUBERNETES, versions.KUBERNETES_COMMANDS)
@@ -49,8 +52,19 @@ ETCD = Component("etcd", versions.ETCD, ("etcd",))
 KWOK = Component("kwok", versions.KWOK, ("kwok",))
 HELM = Component("helm", versions.HELM, ("helm",))
 KUBE_SCORE = Component("kube-score", versions.KUBE_SCORE, ("kube-score",))
-COMPONENTS = (KUBERNETES, ETCD, KWOK, HELM, KUBE_SCORE)
-#: What a LocalCluster runs; the rest are client tools.
+#: LeaderWorkerSet's manifests from its module's ``config/`` (see :func:`build_lws`).
+LWS_CRDS = (
+    "leaderworkerset.x-k8s.io_leaderworkersets.yaml",
+    "disaggregatedset.x-k8s.io_disaggregatedsets.yaml",
+)
+LWS_WEBHOOK_FILES = ("manifests.yaml", "mutating-patch.yaml", "validating-patch.yaml")
+LWS_MANIFESTS = (
+    *(f"config/crd/bases/{name}" for name in LWS_CRDS),
+    *(f"config/webhook/{name}" for name in LWS_WEBHOOK_FILES),
+)
+LWS = Component("lws", versions.LWS, ("lws-controller-manager",), LWS_MANIFESTS)
+COMPONENTS = (KUBERNETES, ETCD, KWOK, HELM, KUBE_SCORE, LWS)
+#: What a LocalCluster runs (LWS only when asked for); the rest are client tools.
 CLUSTER_COMPONENTS = (KUBERNETES, ETCD, KWOK)
 
 
@@ -94,14 +108,29 @@ def _module(workdir: Path, name: str, go_mod: str, files: dict[str, str]) -> Non
         (workdir / filename).write_text(text)
 
 
-def _install(component: Component, build: Path, targets: Sequence[str], ldflags: str = "") -> None:
+def _install(
+    component: Component,
+    build: Path,
+    targets: Sequence[str],
+    ldflags: str = "",
+    *,
+    output: str = "",
+    extra: Callable[[Path, Path], None] | None = None,
+) -> None:
+    """Build ``targets`` into the component's directory (replaced whole, once complete).
+
+    ``output``: the binary's name when there is one target whose directory is not named so.
+    ``extra(build, staging)``: puts more files into the staging directory.
+    """
     staging = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=f".{component.name}-"))
     try:
         _go(["mod", "tidy"], build, f"resolving {component.name} {component.version} modules")
-        args = ["build", "-trimpath", "-o", str(staging) + "/"]
+        args = ["build", "-trimpath", "-o", str(staging / output) if output else str(staging) + "/"]
         if ldflags:
             args += ["-ldflags", ldflags]
         _go([*args, *targets], build, f"compiling {component.name} {component.version}")
+        if extra is not None:
+            extra(build, staging)
         component.directory.parent.mkdir(parents=True, exist_ok=True)
         if component.directory.exists():
             shutil.rmtree(component.directory)
@@ -180,12 +209,60 @@ def build_kube_score(work: Path) -> None:
     _tool_module(work, KUBE_SCORE, "github.com/zegl/kube-score", package, flags)
 
 
+def module_dir(build: Path, module: str) -> Path:
+    """Where the Go module cache holds ``module`` at the version ``build``'s go.mod requires."""
+    result = subprocess.run(
+        ["go", "list", "-m", "-json", module],
+        cwd=build,
+        env={**os.environ, "GOFLAGS": "-mod=mod"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"`go list -m {module}` failed in {build}:\n{result.stderr}")
+    directory = json.loads(result.stdout).get("Dir")
+    if not directory:
+        raise RuntimeError(f"{module} is not in the Go module cache (run `go mod download`)")
+    return Path(directory)
+
+
+def build_lws(work: Path) -> None:
+    # The manager is the module's cmd/main.go (package sigs.k8s.io/lws/cmd, hence `output`).
+    # The manifests a LocalCluster installs are copied next to it: the CRDs, and the webhook
+    # configurations with the kustomize patches that limit the pod webhooks to LWS's pods.
+    flags = " ".join(
+        f"-X sigs.k8s.io/lws/pkg/version.{key}={value}"
+        for key, value in (("GitVersion", versions.LWS), ("GitCommit", "module"))
+    )
+
+    def manifests(build: Path, staging: Path) -> None:
+        source = module_dir(build, "sigs.k8s.io/lws")
+        for relative in LWS_MANIFESTS:
+            target = staging / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / relative, target)
+
+    module = "sigs.k8s.io/lws"
+    imports = '//go:build tools\n\npackage tools\n\nimport _ "sigs.k8s.io/lws/cmd"\n'
+    _module(work, LWS.name, f"require {module} {LWS.version}\n", {"tools.go": imports})
+    _install(
+        LWS,
+        work,
+        ["sigs.k8s.io/lws/cmd"],
+        f"-s -w {flags}",
+        output=LWS.binaries[0],
+        extra=manifests,
+    )
+
+
 BUILDERS = {
     "kubernetes": build_kubernetes,
     "etcd": build_etcd,
     "kwok": build_kwok,
     "helm": build_helm,
     "kube-score": build_kube_score,
+    "lws": build_lws,
 }
 
 

@@ -1,6 +1,6 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler and kwok (fake kubelets), started from the binaries :mod:`localcluster.build`
-makes.
+makes; on request LeaderWorkerSet's controller manager too (:mod:`localcluster.lws`).
 
 Like envtest, the apiserver serves HTTPS on 127.0.0.1 with RBAC and Node authorization and an
 admin client certificate (``O=system:masters``); unlike envtest the controller-manager, the
@@ -15,6 +15,9 @@ Usage::
 
     with LocalCluster() as cluster:          # fresh temporary state dir, removed afterwards
         cluster.kubectl("get", "nodes")
+
+    with LocalCluster(leaderworkerset=True) as cluster:   # + the LeaderWorkerSet API
+        ...
 
     cluster = LocalCluster(state_dir, detach=True).start()   # keeps running after we exit
     LocalCluster.attach(state_dir).stop(remove_state=True)   # later, from another process
@@ -44,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from localcluster import build, pki, procs
+from localcluster import build, lws, pki, procs
 from localcluster.polling import wait_for
 
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
@@ -66,6 +69,10 @@ METADATA_AUDIT_POLICY: Mapping[str, Any] = {
 AUDIT_POLICY_FILE = "audit-policy.yaml"
 STATE_FILE = "cluster.json"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+#: The extra component of a cluster started with ``leaderworkerset=True``.
+LWS_COMPONENT = "lws-controller-manager"
+#: The field manager of what the cluster itself installs (LWS's CRDs and webhooks).
+FIELD_MANAGER = "localcluster"
 
 
 class ClusterError(RuntimeError):
@@ -214,6 +221,11 @@ class LocalCluster:
     ``audit_policy``: an audit ``Policy`` (e.g. :data:`METADATA_AUDIT_POLICY`); the apiserver
     then writes JSON audit events, one a line, to :attr:`audit_log`. None: no audit log.
 
+    ``leaderworkerset``: also run LeaderWorkerSet's controller manager (see
+    :mod:`localcluster.lws`; build it with ``python -m localcluster build``): :meth:`start`
+    returns once its CRDs are Established and its webhooks answer the apiserver. Off by
+    default: the cluster then has no LeaderWorkerSet API at all.
+
     After :meth:`start`: ``kubeconfig`` (admin, ``system:masters``), ``server`` (the
     apiserver's https URL), ``ports``, ``processes``, ``startup_seconds``.
     """
@@ -227,6 +239,7 @@ class LocalCluster:
         feature_gates: Mapping[str, bool] = DEFAULT_FEATURE_GATES,
         log: Callable[[str], None] | None = None,
         audit_policy: Mapping[str, Any] | None = None,
+        leaderworkerset: bool = False,
     ) -> None:
         self._temporary = state_dir is None
         self.state_dir = Path(state_dir) if state_dir is not None else Path()
@@ -234,6 +247,9 @@ class LocalCluster:
         self.startup_timeout = startup_timeout
         self.feature_gates = dict(feature_gates)
         self.audit_policy = dict(audit_policy) if audit_policy is not None else None
+        self.leaderworkerset = leaderworkerset
+        #: The LWS manager's webhook, metrics and health ports (with ``leaderworkerset``).
+        self.lws_ports: lws.ManagerPorts | None = None
         self._log = log or (lambda _message: None)
         self.processes: list[procs.ManagedProcess] = []
         self.ports: Ports | None = None
@@ -324,8 +340,14 @@ class LocalCluster:
         """
         directory = Path(state_dir)
         data = json.loads((directory / STATE_FILE).read_text())
-        cluster = cls(directory, detach=bool(data.get("detach", True)))
+        cluster = cls(
+            directory,
+            detach=bool(data.get("detach", True)),
+            leaderworkerset=bool(data.get("leaderworkerset", False)),
+        )
         cluster.ports = Ports(**data["ports"])
+        if data.get("lws_ports"):
+            cluster.lws_ports = lws.ManagerPorts(**data["lws_ports"])
         cluster.startup_seconds = data.get("startup_seconds")
         cluster.processes = [
             procs.ManagedProcess(procs.ProcessRecord.from_json(p)) for p in data["processes"]
@@ -405,6 +427,25 @@ class LocalCluster:
         """(HTTP 200, description) of an authenticated GET of ``path`` on the apiserver."""
         return _http_ok(_no_proxy_opener(self.ssl_context()), self.server + path)
 
+    def api_post(self, path: str, body: Mapping[str, Any]) -> tuple[bool, str]:
+        """(HTTP 200/201, description) of an authenticated POST of ``body`` (JSON) to ``path``."""
+        request = urllib.request.Request(
+            loopback_url(self.server + path),
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            method="POST",
+        )
+        opener = _no_proxy_opener(self.ssl_context())
+        try:
+            with opener.open(request, timeout=10) as response:
+                return response.status in (200, 201), f"HTTP {response.status}"
+        except urllib.error.HTTPError as error:
+            with error:
+                text = error.read(2048).decode(errors="replace")
+            return False, f"HTTP {error.code}: {text.strip()[:300]}"
+        except (OSError, ssl.SSLError) as error:
+            return False, f"{type(error).__name__}: {error}"
+
     def listeners(self) -> list[tuple[str, str, int]]:
         """Every TCP socket our processes listen on, as (component, address, port)."""
         return listening_sockets({p.pid: p.name for p in self.processes})
@@ -446,6 +487,8 @@ class LocalCluster:
             "detach": self.detach,
             "startup_seconds": self.startup_seconds,
             "ports": asdict(self.ports),
+            "leaderworkerset": self.leaderworkerset,
+            "lws_ports": asdict(self.lws_ports) if self.lws_ports is not None else None,
             "processes": [p.record.to_json() for p in self.processes],
         }
         path = self.state_dir / STATE_FILE
@@ -470,7 +513,8 @@ class LocalCluster:
             self._save_state()
 
     def _start(self) -> None:
-        for component in build.CLUSTER_COMPONENTS:
+        wanted = [*build.CLUSTER_COMPONENTS, *([build.LWS] if self.leaderworkerset else [])]
+        for component in wanted:
             if not component.built():
                 raise ClusterError(
                     f"{component.name} {component.version} is not built: run "
@@ -517,6 +561,61 @@ class LocalCluster:
             lambda: self.api_get("/api/v1/namespaces/default/serviceaccounts/default"),
         )
         self._log(f"controllers, scheduler and kwok ready ({time.monotonic() - phase:.1f}s)")
+        if self.leaderworkerset:
+            self._start_lws()
+
+    def _start_lws(self) -> None:
+        """LWS's CRDs, its manager as a process, its webhooks on 127.0.0.1 (module doc of
+        :mod:`localcluster.lws`); returns once a dry-run LeaderWorkerSet passes the webhooks."""
+        assert self._pki is not None
+        phase = time.monotonic()
+        config_dir = build.LWS.directory / "config"
+        self.kubectl(
+            "apply", "--server-side", f"--field-manager={FIELD_MANAGER}",
+            *(f"--filename={path}" for path in lws.crd_files(config_dir)),
+        )  # fmt: skip
+        self.wait_established(*lws.CRD_NAMES, timeout=self.startup_timeout)
+        certs = pki.generate_lws(self.pki_dir, self._pki.ca)
+        kubeconfig = self.state_dir / "kubeconfigs" / f"{LWS_COMPONENT}.yaml"
+        _write_kubeconfig(
+            kubeconfig, self.server, self._pki.ca.cert, LWS_COMPONENT, _cert_creds(certs.client)
+        )
+        host = loopback_host("127.0.0.1")
+        ports = self.lws_ports = lws.ManagerPorts(*free_ports(3, host))
+        config = self.state_dir / "lws" / "config.yaml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(yaml.safe_dump(lws.manager_configuration(ports, certs.webhook_dir, host)))
+        self._spawn(
+            LWS_COMPONENT,
+            [
+                str(build.LWS.path(build.LWS.binaries[0])),
+                f"--config={config}",
+                f"--kubeconfig={kubeconfig}",
+                "--zap-devel=false",  # JSON lines at info level, like a deployed manager
+                "--zap-time-encoding=iso8601",
+            ],
+        )
+        webhooks = lws.webhook_configurations(
+            config_dir / "webhook",
+            loopback_url(f"https://{host}:{ports.webhook}"),
+            self._pki.ca.cert.read_bytes(),
+        )
+        self.kubectl(
+            "apply", "--server-side", f"--field-manager={FIELD_MANAGER}", "-f", "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": webhooks}),
+        )  # fmt: skip
+        opener = _no_proxy_opener(None)
+        self._wait(
+            f"{LWS_COMPONENT} /healthz",
+            lambda: _http_ok(opener, f"http://{host}:{ports.health}/healthz"),
+        )
+        probe = lws.dry_run_object()
+        path = (
+            f"/apis/{lws.API_VERSION}/namespaces/{probe['metadata']['namespace']}"
+            "/leaderworkersets?dryRun=All"
+        )
+        self._wait("the LWS webhooks", lambda: self.api_post(path, probe))
+        self._log(f"LeaderWorkerSet {build.LWS.version} ready ({time.monotonic() - phase:.1f}s)")
 
     def _wait(self, what: str, check: Callable[[], tuple[bool, str]]) -> None:
         """Poll ``check`` until it passes; fail fast if a component exits meanwhile."""
@@ -692,6 +791,7 @@ _STATE_ENTRIES = frozenset(
     {
         STATE_FILE, "pki", "kubeconfig", "kubeconfigs", "logs", "etcd", "certs", "kwok-home",
         AUDIT_POLICY_FILE,
+        "lws",  # the LeaderWorkerSet manager's configuration
         "runner.json",  # a detached process runner (localcluster.runner)
     }
 )  # fmt: skip

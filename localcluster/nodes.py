@@ -1,7 +1,8 @@
 """The fake GPU fleet: one table of nodes that tests can reference, and its creation.
 
-Eight nodes kwok plays the kubelet for, spread over two regions so placement/residency tests
-have a real choice to make:
+Twelve nodes kwok plays the kubelet for, spread over two regions so placement/residency tests
+have a real choice to make, and so that one region (eu-west-1) holds four 8-GPU H100 nodes and
+two 8-GPU H200 nodes for multi-node (LeaderWorkerSet) replicas:
 
 =================  =======  ===========  ===========  ==================
 node               GPUs     region       zone         podCIDR
@@ -14,17 +15,23 @@ a100-eu-west-1a    8 A100   eu-west-1    eu-west-1a   127.1.5.0/24
 a100-eu-west-1b    8 A100   eu-west-1    eu-west-1b   127.1.6.0/24
 l4-us-east-1a      4 L4     us-east-1    us-east-1a   127.1.7.0/24
 l4-us-east-1b      4 L4     us-east-1    us-east-1b   127.1.8.0/24
+h100-eu-west-1c    8 H100   eu-west-1    eu-west-1c   127.1.9.0/24
+h100-eu-west-1d    8 H100   eu-west-1    eu-west-1d   127.1.10.0/24
+h200-eu-west-1a    8 H200   eu-west-1    eu-west-1a   127.1.11.0/24
+h200-eu-west-1b    8 H200   eu-west-1    eu-west-1b   127.1.12.0/24
 =================  =======  ===========  ===========  ==================
 
 Labels are the ones NVIDIA GPU feature discovery sets (``nvidia.com/gpu.product`` etc.) plus the
 well-known topology and instance-type labels; every node carries the GPU operator's usual taint
 ``nvidia.com/gpu=present:NoSchedule``. kwok gives each pod the next free address of its node's
 podCIDR, so pod IPs are unique 127.1.<node>.<n> addresses a simulator can bind to (the first
-pod on a node gets ``.0``: kwok counts from the CIDR's base address).
+pod on a node gets ``.0``: kwok counts from the CIDR's base address). :func:`on_pod_network`
+moves a fleet to another 127.<x> pod network, for a second cluster alongside the first.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -93,7 +100,19 @@ L4 = GpuModel(
     memory_gib=192,
     ephemeral_gib=940,
 )
-GPU_MODELS = (H100, A100, L4)
+H200 = GpuModel(
+    product="NVIDIA-H200",
+    memory_mib=143771,
+    family="hopper",
+    compute=(9, 0),
+    mig_capable=True,
+    instance_type="p5e.48xlarge",
+    gpus=8,
+    cpus=192,
+    memory_gib=2048,
+    ephemeral_gib=3800,
+)
+GPU_MODELS = (H100, A100, L4, H200)
 
 
 @dataclass(frozen=True)
@@ -103,10 +122,12 @@ class FakeNode:
     gpu: GpuModel
     region: str
     zone: str
+    #: The second octet of the pod addresses: 127.<pod_network>.<index>.<n>.
+    pod_network: int = 1
 
     @property
     def pod_cidr(self) -> str:
-        return f"127.1.{self.index}.0/24"
+        return f"127.{self.pod_network}.{self.index}.0/24"
 
     @property
     def internal_ip(self) -> str:
@@ -169,8 +190,28 @@ NODES: tuple[FakeNode, ...] = (
     FakeNode(6, "a100-eu-west-1b", A100, "eu-west-1", "eu-west-1b"),
     FakeNode(7, "l4-us-east-1a", L4, "us-east-1", "us-east-1a"),
     FakeNode(8, "l4-us-east-1b", L4, "us-east-1", "us-east-1b"),
+    FakeNode(9, "h100-eu-west-1c", H100, "eu-west-1", "eu-west-1c"),
+    FakeNode(10, "h100-eu-west-1d", H100, "eu-west-1", "eu-west-1d"),
+    FakeNode(11, "h200-eu-west-1a", H200, "eu-west-1", "eu-west-1a"),
+    FakeNode(12, "h200-eu-west-1b", H200, "eu-west-1", "eu-west-1b"),
 )
 REGIONS = tuple(sorted({n.region for n in NODES}))
+
+
+#: The pod network of :func:`on_pod_network` copies for a LeaderWorkerSet cluster (tests).
+LWS_POD_NETWORK = 43
+
+
+def on_pod_network(fleet: Sequence[FakeNode], pod_network: int) -> tuple[FakeNode, ...]:
+    """``fleet`` with pod addresses 127.<pod_network>.<index>.<n>: a second cluster that runs
+    at the same time as one on the default network (127.1) then never hands out the same pod
+    address, so the processes that bind them do not collide."""
+    if not 1 <= pod_network <= 255 or pod_network in (2, 3):
+        raise ValueError(
+            f"pod_network {pod_network}: pick 1..255 other than 2 (node IPs) and 3 (kwok's "
+            "fallback range)"
+        )
+    return tuple(dataclasses.replace(n, pod_network=pod_network) for n in fleet)
 
 
 def node(name: str) -> FakeNode:

@@ -120,3 +120,32 @@ def generate(directory: Path) -> Pki:
     _ec_key(sa_key)
     _openssl("pkey", "-in", str(sa_key), "-pubout", "-out", str(sa_pub))
     return Pki(directory, ca, serving, admin, kcm, scheduler, kwok, sa_key, sa_pub)
+
+
+@dataclass(frozen=True)
+class LwsPki:
+    """The LeaderWorkerSet manager's certificates (see :func:`generate_lws`)."""
+
+    #: The webhook server's certificate, as ``tls.crt``/``tls.key`` in its own directory (the
+    #: names controller-runtime's webhook server reads from its certDir).
+    webhook_dir: Path
+    webhook: KeyPair
+    #: Its client certificate for the apiserver.
+    client: KeyPair
+
+
+def generate_lws(directory: Path, ca: KeyPair) -> LwsPki:
+    """Certificates for LWS's manager, signed by the cluster ``ca``: a webhook serving
+    certificate for ``https://127.0.0.1:<port>`` (the apiserver calls it by IP) and a client
+    certificate. The manager runs as an admin (``system:masters``), like kwok: it manages pods,
+    StatefulSets, Services and its own resources, and reviews tokens for its metrics endpoint."""
+    webhook_dir = directory / "lws-webhook"
+    webhook_dir.mkdir(parents=True, exist_ok=True)
+    webhook = _leaf(
+        webhook_dir, ca, "tls", "/CN=lws-webhook", "serverAuth", "IP:127.0.0.1,DNS:localhost"
+    )
+    client = _leaf(
+        directory, ca, "lws-controller-manager",
+        "/O=system:masters/CN=lws-controller-manager", "clientAuth",
+    )  # fmt: skip
+    return LwsPki(webhook_dir, webhook, client)

@@ -9,11 +9,18 @@ and is not terminating, runs what the container would run::
 
     python -m gantry_runtime serve --simulate
 
-with the container's own environment (the literal ``value`` entries; ``valueFrom`` ones are
-skipped), ``GANTRY_HOST=<podIP>`` so the simulator listens on the pod's address and port 8000
-(the operator scrapes it there, tests send requests there; Services cannot route to loopback
-pod IPs), and fast simulator knobs (:data:`FAST_KNOBS`, overridable; the pod's own
+with the container's own environment as a kubelet builds it (literal values with ``$(VAR)``
+references expanded, ``fieldRef`` values resolved from the pod; secret, config map and resource
+references are skipped), ``GANTRY_HOST=<podIP>`` so the simulator listens on the pod's address
+and port 8000 (the operator scrapes it there, tests send requests there; Services cannot route
+to loopback pod IPs), and fast simulator knobs (:data:`FAST_KNOBS`, overridable; the pod's own
 ``GANTRY_SIM_*`` values win). Output goes to ``<log_dir>/<namespace>_<pod>_<uid>.log``.
+
+Pods of a LeaderWorkerSet group (leader and workers carry the runtime labels too) get the
+leader pod's IP for ``LWS_LEADER_ADDRESS`` instead of its DNS name, logged at the top of the
+pod's log (:data:`localcluster.lws.RUNNER_SUBSTITUTIONS`); a worker's process starts once its
+leader has an IP. Readiness: kwok marks a simulated pod Ready at once; a real-vLLM pod is Ready
+once its ``/health`` answers, or once its process runs when it has no readinessProbe.
 
 Processes are keyed by pod UID. When a pod is deleted, starts terminating or changes IP, its
 process gets SIGTERM, then SIGKILL after the pod's termination grace period (capped by
@@ -40,6 +47,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -57,7 +65,7 @@ import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from localcluster import procs, realvllm, tiny_models, venvs, vllm_cpu
+from localcluster import lws, procs, realvllm, tiny_models, venvs, vllm_cpu
 from localcluster.cluster import KWOK_NODE_ANNOTATION, loopback_host
 
 RUNTIME_SELECTOR = "app.kubernetes.io/managed-by=gantry,app.kubernetes.io/component=runtime"
@@ -101,6 +109,11 @@ class PodTarget:
     real: bool = False
     #: The ModelDeployment the pod belongs to (label ``gantry.dev/model-deployment``).
     model_deployment: str = ""
+    #: Whether the runtime container has a readinessProbe (without one, a real-vLLM pod is
+    #: Ready as soon as its process runs, as a kubelet would report it).
+    readiness_probe: bool = True
+    #: Substitutions applied to the pod's env, written at the top of its process's log.
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -134,6 +147,71 @@ class _Child:
     model: str = ""
 
 
+_REFERENCE = re.compile(r"\$\$|\$\(([^)]*)\)")
+
+
+def expand(text: str, defined: Mapping[str, str]) -> str:
+    """The kubelet's ``$(VAR)`` expansion: a defined name is replaced, ``$$`` is ``$``, anything
+    else is left as written."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return defined.get(match.group(1), match.group(0))
+
+    return _REFERENCE.sub(replace, text)
+
+
+_FIELD = re.compile(r"metadata\.(labels|annotations)\['([^']+)'\]")
+
+
+def field_value(pod: Mapping[str, Any], path: str) -> str | None:
+    """A ``fieldRef.fieldPath`` of ``pod`` as the kubelet resolves it (None: not supported)."""
+    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    status = pod.get("status") or {}
+    simple = {
+        "metadata.name": meta.get("name"),
+        "metadata.namespace": meta.get("namespace"),
+        "metadata.uid": meta.get("uid"),
+        "spec.nodeName": spec.get("nodeName"),
+        "spec.serviceAccountName": spec.get("serviceAccountName"),
+        "status.podIP": status.get("podIP"),
+        "status.hostIP": status.get("hostIP"),
+        "status.podIPs": ",".join(i["ip"] for i in status.get("podIPs") or [] if "ip" in i),
+        "status.hostIPs": ",".join(i["ip"] for i in status.get("hostIPs") or [] if "ip" in i),
+    }
+    if path in simple:
+        return str(simple[path] or "")
+    match = _FIELD.fullmatch(path)
+    if match is not None:
+        return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
+    return None
+
+
+def container_env(
+    pod: Mapping[str, Any], container: Mapping[str, Any], overrides: Mapping[str, str]
+) -> tuple[tuple[str, str], ...]:
+    """The container's environment as the kubelet builds it, in order: literal values (with
+    ``$(VAR)`` references to earlier entries expanded) and ``fieldRef`` values; other
+    ``valueFrom`` sources (secrets, config maps, resources) are left out. ``overrides``
+    replaces the value of the named entries before expansion (see :func:`pod_targets`)."""
+    env: dict[str, str] = {}
+    for entry in container.get("env") or []:
+        name = str(entry["name"])
+        source = entry.get("valueFrom")
+        if name in overrides:
+            value: str | None = overrides[name]
+        elif source is None:
+            value = expand(str(entry.get("value", "")), env)
+        elif "fieldRef" in source:
+            value = field_value(pod, str(source["fieldRef"].get("fieldPath", "")))
+        else:
+            value = None
+        if value is not None:
+            env[name] = value
+    return tuple(env.items())
+
+
 def pod_targets(
     pods: Iterable[Mapping[str, Any]],
     fake_nodes: set[str],
@@ -141,7 +219,13 @@ def pod_targets(
     max_grace: float,
     all_real: bool = False,
 ) -> dict[str, PodTarget]:
-    """The pods that should have a process, by UID (pure: pod dicts in, targets out)."""
+    """The pods that should have a process, by UID (pure: pod dicts in, targets out).
+
+    A pod of a LeaderWorkerSet group gets its leader's podIP for ``LWS_LEADER_ADDRESS`` (see
+    :data:`localcluster.lws.RUNNER_SUBSTITUTIONS`) and has no target until its leader has one.
+    """
+    pods = list(pods)
+    leaders = lws.leader_ips(pods)
     targets: dict[str, PodTarget] = {}
     for pod in pods:
         meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
@@ -165,11 +249,22 @@ def pod_targets(
         container = next(
             (c for c in containers if c.get("name") == RUNTIME_CONTAINER), containers[0]
         )
-        env = tuple(
-            (str(e["name"]), str(e.get("value", "")))
-            for e in container.get("env") or []
-            if "valueFrom" not in e
-        )
+        overrides: dict[str, str] = {}
+        notes: list[str] = []
+        member = lws.group_of(pod)
+        named = {str(e.get("name")): e for e in container.get("env") or []}
+        if member is not None and lws.LEADER_ADDRESS_ENV in named:
+            leader_ip = leaders.get(member[0])
+            if leader_ip is None:
+                log.debug("%s/%s waits for its LWS leader's IP", meta["namespace"], meta["name"])
+                continue
+            overrides[lws.LEADER_ADDRESS_ENV] = leader_ip
+            written = named[lws.LEADER_ADDRESS_ENV].get("value", "")
+            notes.append(
+                f"{lws.LEADER_ADDRESS_ENV}: {written} -> {leader_ip} (the leader pod's IP: no "
+                "DNS here; see localcluster/lws.py RUNNER_SUBSTITUTIONS)"
+            )
+        env = container_env(pod, container, overrides)
         grace = spec.get("terminationGracePeriodSeconds")
         targets[meta["uid"]] = PodTarget(
             uid=meta["uid"],
@@ -180,6 +275,8 @@ def pod_targets(
             grace=min(max_grace, float(30 if grace is None else grace)),
             real=all_real or realvllm.wants_real(dict(env)),
             model_deployment=(meta.get("labels") or {}).get(MD_LABEL, ""),
+            readiness_probe="readinessProbe" in container,
+            notes=tuple(notes),
         )
     return targets
 
@@ -378,7 +475,8 @@ class ProcessRunner:
         with self._lock:
             for uid, child in list(self._children.items()):
                 wanted = targets.get(uid)
-                if wanted is None or wanted.ip != child.target.ip:
+                # The env changes only with a substitution (an LWS leader's new IP).
+                if wanted is None or (wanted.ip, wanted.env) != (child.target.ip, child.target.env):
                     self._terminate(self._children.pop(uid), now)
             self._reap(now)
             held = {c.target.ip: c for c in [*self._children.values(), *self._stopping]}
@@ -410,6 +508,7 @@ class ProcessRunner:
         return _Child(target, process, termination_log=termination_log, model=model)
 
     def _spawn(self, target: PodTarget) -> procs.ManagedProcess:
+        self._write_notes(target)
         return procs.spawn(
             f"{target.namespace}/{target.name}",
             [self.python, "-m", "gantry_runtime", "serve", "--simulate"],
@@ -417,6 +516,17 @@ class ProcessRunner:
             env=child_env(target, self.knobs),
             die_with_parent=True,
         )
+
+    def _write_notes(self, target: PodTarget) -> None:
+        if not target.notes:
+            return
+        log_file = self._log_file(target)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with log_file.open("a") as out:
+            for note in target.notes:
+                out.write(f"localcluster: {note}\n")
+        for note in target.notes:
+            self._say(f"pod {target.namespace}/{target.name}: {note}")
 
     def _family_of(self, target: PodTarget) -> str:
         """The tiny model family for the pod's ModelDeployment (its preset's architecture)."""
@@ -442,6 +552,7 @@ class ProcessRunner:
             # Short: vLLM puts unix sockets under the pod's /tmp (at most 107 bytes a path).
             self._pods_dir = Path(tempfile.mkdtemp(prefix="gantry-pods-"))
         pod_dir = self._pods_dir / target.uid[:8]
+        self._write_notes(target)
         self._patch_ready(target, False, "Starting", "gantry-runtime is starting vLLM")
         try:
             prepared = realvllm.prepare(
@@ -527,8 +638,14 @@ class ProcessRunner:
                                               "containerStatuses": [container]}})  # fmt: skip
 
     def _probe_real(self, child: _Child) -> None:
-        """Mark a real-vLLM pod Ready once its /health answers 200."""
+        """Mark a real-vLLM pod Ready once its /health answers 200 (once its process runs when
+        the pod has no readinessProbe, e.g. an LWS worker, whose vLLM serves no HTTP)."""
         if child.healthy or not child.process.alive():
+            return
+        if not child.target.readiness_probe:
+            child.healthy = True
+            self._patch_ready(child.target, True, "", "", restarts=child.restarts)
+            self._record("ready", child.target, "(no readinessProbe: its process runs)")
             return
         url = f"http://{child.target.ip}:8000"
         try:

@@ -14,6 +14,8 @@ KWOK = "v0.7.0"
 HELM = "v3.19.5"
 #: The manifest security scanner run on the rendered Helm chart (github.com/zegl/kube-score).
 KUBE_SCORE = "v1.20.0"
+#: LeaderWorkerSet's controller manager (sigs.k8s.io/lws), run by a LocalCluster on request.
+LWS = "v0.9.0"
 
 #: Staging modules of k8s.io/kubernetes that the wrapper module replaces.
 STAGING_MODULES = (

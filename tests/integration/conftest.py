@@ -6,6 +6,10 @@ fake GPU nodes of :mod:`localcluster.nodes` created and Ready: use ``cluster.kub
 one-time build), never skipped. ``wait_for(predicate, timeout, message)`` is the bounded poll
 to use instead of sleeps.
 
+``lws_cluster`` (session scope) is a second cluster started with ``leaderworkerset=True``:
+LeaderWorkerSet's CRDs, manager and webhooks, and the same fake nodes on their own pod network
+(127.43.x, :func:`localcluster.nodes.on_pod_network`) so that it can run alongside ``cluster``.
+
 ``crd`` installs the ModelDeployment CRD; ``operator`` (session scope, one for every module so
 two never fight over the same objects) runs ``gantry-operator`` as a process with
 :data:`OPERATOR_ENV`; ``ns`` is a fresh :class:`Namespace` with a bound ``models`` PVC.
@@ -37,6 +41,7 @@ __all__ = [
     "Namespace",
     "cluster",
     "crd",
+    "lws_cluster",
     "ns",
     "operator",
     "wait_for",
@@ -65,6 +70,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with LocalCluster(state_dir, log=_say) as local:
         nodes.create(local)
         _say(f"cluster with {len(nodes.NODES)} nodes up in {time.monotonic() - started:.1f}s")
+        yield local
+
+
+@pytest.fixture(scope="session")
+def lws_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    build.ensure_built()
+    state_dir = tmp_path_factory.mktemp("lws-cluster")
+    started = time.monotonic()
+    with LocalCluster(state_dir, log=_say, leaderworkerset=True) as local:
+        nodes.create(local, nodes.on_pod_network(nodes.NODES, nodes.LWS_POD_NETWORK))
+        _say(f"cluster with LeaderWorkerSet up in {time.monotonic() - started:.1f}s")
         yield local
 
 

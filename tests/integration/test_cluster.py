@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from localcluster import build, nodes, versions
-from localcluster.cluster import LocalCluster
+from localcluster import build, lws, nodes, versions
+from localcluster.cluster import LWS_COMPONENT, LocalCluster
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -46,6 +46,13 @@ def test_components_listen_on_loopback_only(cluster: LocalCluster) -> None:
     components = {name for name, _address, _port in listeners}
     assert components == {p.name for p in cluster.processes}, listeners
     cluster.assert_loopback_only()
+
+
+def test_default_cluster_has_no_leaderworkerset_api(cluster: LocalCluster) -> None:
+    assert LWS_COMPONENT not in cluster.running()
+    ok, answer = cluster.api_get(f"/apis/{lws.API_VERSION}")
+    assert not ok
+    assert answer.startswith("HTTP 404"), answer
 
 
 def test_fake_gpu_nodes_are_ready_with_gpu_labels_and_capacity(cluster: LocalCluster) -> None:
