@@ -179,6 +179,11 @@ class Handler:
             record.status, record.error = 499, "client_disconnected"
             self._finish(record, entry, started)
             raise
+        except Exception:
+            log.exception("Request %s failed", record.request_id)
+            failure = GatewayError(500, "The gateway failed; see its log.", "server_error")
+            record.status, record.error = 500, "internal_error"
+            response = web.Response(status=500, body=failure.body(), headers=failure.headers())
         self._finish(record, entry, started)
         return response
 
@@ -250,7 +255,7 @@ class Handler:
                 upstream = await self.s.session.post(
                     f"http://{replica.address}{request.path}", data=raw, headers=headers
                 )
-            except (aiohttp.ClientConnectorError, ConnectionRefusedError) as exc:
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 state.end(replica)
                 gauge.dec()
                 nxt = state.pick(entry, body, frozenset(tried))
@@ -263,7 +268,7 @@ class Handler:
                         raise errors.unavailable(
                             f"Could not connect to a replica of model '{entry.served_name}' "
                             f"for {self.s.config.connect_retry_seconds:g} s "
-                            f"(last: pod {replica.pod}: {exc.strerror or exc}).",
+                            f"(last: pod {replica.pod}: {exc}).",
                             RETRY_SECONDS,
                             code="replica_unreachable",
                         ) from None
@@ -274,6 +279,13 @@ class Handler:
                 record.retries += 1
                 replica = nxt
                 continue
+            except aiohttp.ClientError as exc:  # sent, then the replica failed: not retried
+                state.end(replica)
+                gauge.dec()
+                raise errors.upstream_failed(
+                    f"Replica pod {replica.pod} failed before answering ({exc.__class__.__name__}"
+                    "); not retried because it may have processed the request."
+                ) from None
             except BaseException:
                 state.end(replica)
                 gauge.dec()
@@ -322,26 +334,35 @@ class Handler:
         await response.prepare(request)
         scanner = usage.StreamScanner()
         content: list[bytes] = []
+        chunks = upstream.content.iter_any()
         try:
-            async for chunk in upstream.content.iter_any():
+            while True:
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except aiohttp.ClientError as exc:
+                    record.status, record.error = 502, "upstream_error"
+                    message = (
+                        f"Replica pod {replica.pod} failed during the stream "
+                        f"({exc.__class__.__name__}); the response is incomplete."
+                    )
+                    event = errors.error_body(message, "server_error", "upstream_error")
+                    await response.write(b"data: " + event + b"\n\n")
+                    break
                 if record.ttft_seconds is None:
                     record.ttft_seconds = time.monotonic() - started
                 scanner.feed(chunk)
                 if self.s.config.audit_include_content:
                     content.append(chunk)
                 await response.write(chunk)
-        except aiohttp.ClientError as exc:
-            record.status, record.error = 502, "upstream_error"
-            message = (
-                f"Replica pod {replica.pod} failed during the stream ({exc.__class__.__name__}); "
-                "the response is incomplete."
-            )
-            event = errors.error_body(message, "server_error", "upstream_error")
-            await response.write(b"data: " + event + b"\n\n")
-        self._account(record, tenant, scanner.result(body))
-        if content:
-            record.completion = b"".join(content).decode(errors="replace")
-        await response.write_eof()
+            await response.write_eof()
+        except ConnectionResetError:  # the client went away (aiohttp's write error)
+            record.status, record.error = 499, "client_disconnected"
+        finally:
+            self._account(record, tenant, scanner.result(body))
+            if content:
+                record.completion = b"".join(content).decode(errors="replace")
         return response
 
     def _account(self, record: AuditRecord, tenant: Tenant, used: usage.Usage | None) -> None:

@@ -138,7 +138,8 @@ def post(gateway: GatewayProcess, path: str, body: Any, key: str | None) -> tupl
         with DIRECT.open(request, timeout=30) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        with error:
+            return error.code, json.loads(error.read())
 
 
 def deploy(ns: Namespace, name: str, *, replicas: int = 1, **spec: Any) -> str:
@@ -283,6 +284,7 @@ def test_routes_by_model_and_streams(
                    model_deployment="beta") >= 1  # fmt: skip
     with pytest.raises(urllib.error.HTTPError) as not_here:
         DIRECT.open(f"http://127.0.0.1:{gateway.port}/metrics", timeout=5)
+    not_here.value.close()
     assert not_here.value.code == 404
 
 
