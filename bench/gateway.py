@@ -10,19 +10,21 @@ by a vLLM simulator process on its pod IP (the process runner); one ``gantry-gat
 routes to them (least outstanding). The load generator is aiohttp in this process; everything
 shares the machine's cores, so the gateway's figures include that contention.
 
-ttft        ``--clients`` concurrent streaming clients in a closed loop for ``--seconds``:
-            time to first token (the first SSE event with text) at p50 and p99, direct
-            (clients round-robin over the pod IPs, as kube-proxy would spread them) and through
-            the gateway, alternated twice (direct, gateway, direct, gateway) so drift shows.
-throughput  ``--rps-clients`` concurrent non-streaming clients (``max_tokens`` 1) for
-            ``--seconds``: requests per second answered, direct and through the gateway.
+ttft        ``--clients`` concurrent streaming users for ``--seconds``, each in a loop: a chat
+            request of ``max_tokens`` 32 (streamed at 100 tokens/s) then ``--think`` seconds of
+            think time. Time to first token (the first SSE event with text) at p50 and p99,
+            direct (users round-robin over the pod IPs), through a plain Kubernetes Service
+            (kube-proxy in nftables mode, when it can run: see localcluster/kube_proxy.py) and
+            through the gateway; the round is run twice, so drift shows.
+throughput  ``--rps-clients`` concurrent non-streaming clients (``max_tokens`` 1, no think
+            time) for ``--seconds``: requests per second answered on each path, and the
+            gateway process's CPU time per request (user + system, from /proc), which says
+            what one core would carry without the load generator and simulators beside it.
 deletion    ``--delete-clients`` clients send non-streaming requests of about a second through
             the gateway; after a third of the run one runtime pod is deleted (grace period 1 s).
             Every request gets exactly one outcome: answered, or failed with an error naming
             the pod; the audit log shows each request id once, and no request sent after the
             watch saw the pod go is routed to it.
-service     the same ttft load through a plain Kubernetes Service needs kube-proxy, which
-            this local cluster does not run (see docs/gateway.md); reported as not measured.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -49,7 +52,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from localcluster import build, nodes  # noqa: E402
+from localcluster import build, kube_proxy, nodes  # noqa: E402
 from localcluster.cluster import LocalCluster  # noqa: E402
 from localcluster.gateway_process import GatewayProcess  # noqa: E402
 from localcluster.log import sayer  # noqa: E402
@@ -62,8 +65,8 @@ NAME = "bench-model"
 SERVED = "bench-model"
 TENANT_NS = "gantry-gateway"
 KEY = "sk-bench-" + uuid.uuid4().hex
-#: The simulator decodes 200 tokens/s per sequence; 256 sequences fit in one batch.
-SIM_ENV = {"GANTRY_SIM_DECODE_TOKENS_PER_S": "200", "GANTRY_SIM_STARTUP_DELAY_S": "0.5"}
+#: The simulator decodes 100 tokens/s per sequence; 256 sequences fit in one batch.
+SIM_ENV = {"GANTRY_SIM_DECODE_TOKENS_PER_S": "100", "GANTRY_SIM_STARTUP_DELAY_S": "0.5"}
 MAX_NUM_SEQS = 256
 
 say = sayer("bench-gateway")
@@ -171,7 +174,7 @@ async def one(
 
 
 async def closed_loop(
-    urls: list[str], clients: int, seconds: float, stream: bool, max_tokens: int
+    urls: list[str], clients: int, seconds: float, stream: bool, max_tokens: int, think: float = 0
 ) -> Run:
     run = Run()
     connector = aiohttp.TCPConnector(limit=0)
@@ -185,6 +188,8 @@ async def closed_loop(
                 url = urls[(i + n) % len(urls)]
                 n += 1
                 run.outcomes.append(await one(session, url, stream, max_tokens, f"Hi {i} {n}"))
+                if think:
+                    await asyncio.sleep(think)
 
         started = time.monotonic()
         await asyncio.gather(*(client(i) for i in range(clients)))
@@ -237,6 +242,19 @@ def wait_serving(cluster: LocalCluster, gateway: GatewayProcess, replicas: int) 
 
     wait_for(lambda: asyncio.run(all_answer()), 120, "every pod and the gateway answer")
     return pods
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service_url(cluster: LocalCluster) -> str:
+    service = json.loads(
+        cluster.kubectl("-n", NAMESPACE, "get", "service", NAME, "-o", "json").stdout
+    )
+    port = service["spec"]["ports"][0]["port"]
+    return f"http://{service['spec']['clusterIP']}:{port}/v1/chat/completions"
 
 
 def deletion(
@@ -294,58 +312,93 @@ def deletion(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--replicas", type=int, default=3)
-    parser.add_argument("--clients", type=int, default=200, help="streaming clients (ttft)")
+    parser.add_argument("--clients", type=int, default=200, help="streaming users (ttft)")
+    parser.add_argument(
+        "--think", type=float, default=1.0, help="seconds between a user's requests"
+    )
     parser.add_argument("--rps-clients", type=int, default=64, help="clients (throughput)")
     parser.add_argument("--delete-clients", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=15.0)
     args = parser.parse_args()
+    no_proxy = kube_proxy.unavailable()
     with (
         tempfile.TemporaryDirectory(prefix="gantry-bench-gw-") as tmp,
         bed(args.replicas, Path(tmp)) as (cluster, gateway),
     ):
         pods = wait_serving(cluster, gateway, args.replicas)
-        direct = [f"http://{ip}:8000/v1/chat/completions" for ip in pods.values()]
-        through = [f"{gateway.base_url}/chat/completions"]
-        say("warm-up")
-        asyncio.run(closed_loop(through, 20, 3, True, 16))
-        asyncio.run(closed_loop(direct, 20, 3, True, 16))
-        ttft: dict[str, list[Run]] = {"direct": [], "gateway": []}
-        for _ in range(2):
-            for label, urls in (("direct", direct), ("gateway", through)):
-                say(f"ttft: {args.clients} streaming clients, {label}")
-                ttft[label].append(
-                    asyncio.run(closed_loop(urls, args.clients, args.seconds, True, 16))
+        paths = {
+            "direct": [f"http://{ip}:8000/v1/chat/completions" for ip in pods.values()],
+            "gateway": [f"{gateway.base_url}/chat/completions"],
+        }
+        proxy = None
+        if no_proxy is None:
+            proxy = kube_proxy.KubeProxy(cluster, nodes.NODES[0].name, Path(tmp) / "kp.log")
+            try:
+                proxy.start()
+                paths["service"] = [service_url(cluster)]
+            except (AssertionError, RuntimeError) as exc:
+                no_proxy = f"kube-proxy did not start: {exc}"
+                proxy.stop()
+                proxy = None
+        try:
+            say("warm-up")
+            for urls in paths.values():
+                asyncio.run(closed_loop(urls, 20, 3, True, 16))
+            ttft: dict[str, list[Run]] = {label: [] for label in paths}
+            for _ in range(2):
+                for label, urls in paths.items():
+                    say(f"ttft: {args.clients} streaming users, {label}")
+                    run = closed_loop(urls, args.clients, args.seconds, True, 32, args.think)
+                    ttft[label].append(asyncio.run(run))
+            rps: dict[str, Run] = {}
+            assert gateway.process is not None
+            cpu = 0.0
+            for label, urls in paths.items():
+                say(f"throughput: {args.rps_clients} clients, {label}")
+                before = cpu_seconds(gateway.process.pid)
+                rps[label] = asyncio.run(
+                    closed_loop(urls, args.rps_clients, args.seconds, False, 1)
                 )
-        rps: dict[str, Run] = {}
-        for label, urls in (("direct", direct), ("gateway", through)):
-            say(f"throughput: {args.rps_clients} clients, {label}")
-            rps[label] = asyncio.run(closed_loop(urls, args.rps_clients, args.seconds, False, 1))
+                if label == "gateway":
+                    cpu = cpu_seconds(gateway.process.pid) - before
+        finally:
+            if proxy is not None:
+                proxy.stop()
         say(f"deletion: {args.delete_clients} clients, one pod deleted mid-run")
         gone = deletion(cluster, gateway, args.delete_clients, args.seconds)
 
     print(f"\ngateway benchmark: {args.replicas} simulator replicas, one gantry-gateway process")
-    print(f"  ttft, {args.clients} streaming clients ({args.seconds:.0f} s each)")
+    print(f"  ttft, {args.clients} streaming users, {args.think:g} s think time, "
+          f"{args.seconds:.0f} s per run")  # fmt: skip
     print("                   p50 ms    p99 ms   requests  errors")
-    for label in ("direct", "gateway"):
-        for i, run in enumerate(ttft[label]):
+    for label, runs in ttft.items():
+        for i, run in enumerate(runs):
             values = run.ttfts()
             errors = sum(not o.ok for o in run.outcomes)
             print(
                 f"  {label:8} run {i + 1}  {percentile(values, 0.5) * 1000:7.1f}  "
                 f"{percentile(values, 0.99) * 1000:8.1f}  {len(run.outcomes):9d}  {errors:6d}"
             )
-    d50 = statistics.median(percentile(r.ttfts(), 0.5) for r in ttft["direct"])
-    g50 = statistics.median(percentile(r.ttfts(), 0.5) for r in ttft["gateway"])
-    d99 = statistics.median(percentile(r.ttfts(), 0.99) for r in ttft["direct"])
-    g99 = statistics.median(percentile(r.ttfts(), 0.99) for r in ttft["gateway"])
-    print(f"  added by the gateway: p50 {(g50 - d50) * 1000:+.1f} ms (target <= 2), "
-          f"p99 {(g99 - d99) * 1000:+.1f} ms (target <= 10)")  # fmt: skip
+
+    def median_of(label: str, q: float) -> float:
+        return statistics.median(percentile(r.ttfts(), q) for r in ttft[label])
+
+    for label in [x for x in ttft if x != "direct"]:
+        p50 = (median_of(label, 0.5) - median_of("direct", 0.5)) * 1000
+        p99 = (median_of(label, 0.99) - median_of("direct", 0.99)) * 1000
+        print(f"  {label} adds to ttft: p50 {p50:+.1f} ms, p99 {p99:+.1f} ms")
+    print("  (targets for the gateway: <= 2 ms at p50, <= 10 ms at p99)")
     print(f"  throughput, {args.rps_clients} non-streaming clients, max_tokens 1")
-    for label in ("direct", "gateway"):
-        run = rps[label]
+    for label, run in rps.items():
         errors = sum(not o.ok for o in run.outcomes)
         print(f"  {label:8}  {run.rate():8.0f} requests/s  ({errors} errors)")
+    served = sum(o.ok for o in rps["gateway"].outcomes)
+    if served:
+        per = cpu / served
+        print(f"  gateway CPU per request {per * 1000:.2f} ms: {1 / per:.0f} requests/s per core")
     print("  (target >= 1000 requests/s through one gateway process)")
+    if no_proxy is not None:
+        print(f"  plain Kubernetes Service: not measured ({no_proxy})")
     print(f"  replica deleted mid-run ({args.delete_clients} clients): {gone['victim']}")
     for k in ("issued", "answered", "failed", "failed_on_victim", "audited", "duplicates",
               "missing_from_audit", "to_victim_after", "retries"):  # fmt: skip
@@ -353,8 +406,6 @@ def main() -> int:
     print(f"    errors               {gone['errors']}")
     if gone["sample_error"]:
         print(f"    e.g.                 {gone['sample_error'][:200]}")
-    print("  plain Kubernetes Service: not measured (no kube-proxy on this local cluster; see "
-          "docs/gateway.md)")  # fmt: skip
     return 0
 
 

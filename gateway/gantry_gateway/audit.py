@@ -18,7 +18,7 @@ import datetime as dt
 import json
 import sys
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -47,7 +47,7 @@ class AuditRecord:
     completion: str | None = None
 
     def line(self, include_content: bool) -> str:
-        record = asdict(self)
+        record = dict(self.__dict__)  # flat fields: no deep copy (dataclasses.asdict is slow)
         if not include_content:
             del record["prompt"], record["completion"]
         elif isinstance(self.completion, str):

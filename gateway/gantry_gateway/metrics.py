@@ -6,6 +6,8 @@ named no known model), ``tenant`` the tenant (empty before authentication).
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 MODEL = ("namespace", "model_deployment")
@@ -15,6 +17,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        #: Labelled children by (metric, label values): ``labels()`` takes a lock and builds
+        #: a key on every call, too slow for a few calls per request.
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "gantry_gateway_requests_total",
@@ -72,3 +77,11 @@ class Metrics:
             MODEL,
             registry=r,
         )
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, cached."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found

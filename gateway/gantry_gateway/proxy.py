@@ -162,7 +162,7 @@ class Handler:
                 time.monotonic(),
             )
             if refusal is not None:
-                self.s.metrics.rate_limited.labels(tenant.name, refusal.limit).inc()
+                self.s.metrics.child(self.s.metrics.rate_limited, tenant.name, refusal.limit).inc()
                 raise errors.rate_limited(
                     f"Tenant '{tenant.name}' reached its limit of {refusal.per_minute} "
                     f"{refusal.limit} per minute; retry in {refusal.retry_after} s.",
@@ -191,14 +191,15 @@ class Handler:
         record.duration_seconds = time.monotonic() - started
         ns, md = _labels(entry)
         m = self.s.metrics
-        m.requests.labels(ns, md, record.tenant or "", str(record.status)).inc()
+        m.child(m.requests, ns, md, record.tenant or "", str(record.status)).inc()
         if entry is not None:
-            m.duration.labels(ns, md).observe(record.duration_seconds)
+            m.child(m.duration, ns, md).observe(record.duration_seconds)
             if record.stream and record.ttft_seconds is not None:
-                m.ttft.labels(ns, md).observe(record.ttft_seconds)
+                m.child(m.ttft, ns, md).observe(record.ttft_seconds)
             if record.tenant is not None and (record.prompt_tokens or record.completion_tokens):
-                m.tokens.labels(ns, md, record.tenant, "prompt").inc(record.prompt_tokens)
-                m.tokens.labels(ns, md, record.tenant, "completion").inc(record.completion_tokens)
+                m.child(m.tokens, ns, md, record.tenant, "prompt").inc(record.prompt_tokens)
+                completion = m.child(m.tokens, ns, md, record.tenant, "completion")
+                completion.inc(record.completion_tokens)
         self.s.audit.write(record)
 
     async def _replica(self, entry: ModelEntry, body: dict[str, Any]) -> Replica:
@@ -214,13 +215,13 @@ class Handler:
                 RETRY_SECONDS,
                 code="hold_queue_full",
             )
-        gauge = self.s.metrics.held.labels(ns, md)
+        gauge = self.s.metrics.child(self.s.metrics.held, ns, md)
         ok = await state.wait_ready(
             entry, self.s.config.hold_timeout_seconds, self.s.wake, lambda n: gauge.set(n)
         )
         replica = state.pick(entry, body) if ok else None
         if replica is None:
-            self.s.metrics.hold_timeouts.labels(ns, md).inc()
+            self.s.metrics.child(self.s.metrics.hold_timeouts, ns, md).inc()
             raise errors.unavailable(
                 f"Model '{entry.served_name}' has no Ready replica: none became Ready within "
                 f"{self.s.config.hold_timeout_seconds:g} s.",
@@ -245,7 +246,7 @@ class Handler:
         tried: set[str] = set()
         first_refusal = 0.0
         replica = await self._replica(entry, body)
-        gauge = metrics.outstanding.labels(ns, md)
+        gauge = metrics.child(metrics.outstanding, ns, md)
         while True:
             record.replica = replica.pod
             tried.add(replica.address)
@@ -275,7 +276,7 @@ class Handler:
                     await asyncio.sleep(CONNECT_RETRY_PAUSE)
                     tried.clear()
                     nxt = await self._replica(entry, body)
-                metrics.retries.labels(ns, md).inc()
+                metrics.child(metrics.retries, ns, md).inc()
                 record.retries += 1
                 replica = nxt
                 continue

@@ -82,21 +82,22 @@ class StreamScanner:
         self.error: str | None = None
 
     def feed(self, chunk: bytes) -> None:
-        data = self._pending + chunk
-        lines = data.split(b"\n")
-        self._pending = lines.pop()
-        if len(self._pending) > MAX_LINE:
-            self._pending = b""
-        for line in lines:
+        data = self._pending + chunk if self._pending else chunk
+        end = data.rfind(b"\n") + 1
+        self._pending = data[end:] if len(data) - end <= MAX_LINE else b""
+        if b'"usage":' not in data:  # the common case: count text events, parse nothing
+            self.events += data.count(b"data: {", 0, end) + data.count(b"data:{", 0, end)
+            return
+        for line in data[:end].split(b"\n"):
             self._line(line)
 
     def _line(self, line: bytes) -> None:
         if not line.startswith(b"data:"):
             return
         payload = line[5:].strip()
-        if payload == b"[DONE]" or not payload:
-            return
-        if b'"usage":{' in payload or b'"usage": {' in payload:
+        if not payload.startswith(b"{"):
+            return  # [DONE] or empty
+        if b'"usage":' in payload and b'"usage":null' not in payload.replace(b" ", b""):
             try:
                 event = json.loads(payload)
             except ValueError:
@@ -106,7 +107,7 @@ class StreamScanner:
                 if found is not None:
                     self.usage = found
                 if not event.get("choices"):
-                    return
+                    return  # the usage-only event carries no text
         self.events += 1
 
     def result(self, body: Mapping[str, Any]) -> Usage:
