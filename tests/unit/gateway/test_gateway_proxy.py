@@ -221,7 +221,8 @@ def test_requests_limit_gives_429_with_retry_after(gateway: GatewayThread) -> No
     assert [raw(gateway, body)[0] for _ in range(3)] == [200, 200, 429]
     with client(gateway) as c, pytest.raises(openai.RateLimitError) as limited:
         c.chat.completions.create(model=MODEL, messages=[], max_tokens=2)
-    assert int(limited.value.response.headers["Retry-After"]) == 30
+    # One request every 30 s; less the time the three requests took.
+    assert 20 <= int(limited.value.response.headers["Retry-After"]) <= 30
     assert gateway.sample("gantry_gateway_rate_limited_total", limit="requests") == 2
 
 
@@ -247,7 +248,7 @@ def test_only_refusing_replicas_give_503_after_the_retry_window(tmp_path: Path) 
         started = time.monotonic()
         status, answer = raw(gw, json.dumps({"model": MODEL, "messages": []}).encode())
         assert (status, answer["error"]["code"]) == (503, "replica_unreachable")
-        assert 2.0 <= time.monotonic() - started < 6
+        assert 2.0 <= time.monotonic() - started < 10
 
 
 def running(sim: SimulatorThread) -> float:
