@@ -18,7 +18,7 @@ from gantry_gateway.audit import AuditLog
 from gantry_gateway.config import GatewayConfig, parse_args
 from gantry_gateway.limits import Limiter
 from gantry_gateway.metrics import Metrics
-from gantry_gateway.proxy import Handler, Services, api_app, metrics_app
+from gantry_gateway.proxy import Handler, Services, api_app, connector, metrics_app
 from gantry_gateway.state import State
 from gantry_gateway.tenants import TENANT_LABEL
 from gantry_gateway.view import RUNTIME_SELECTOR, ModelEntry
@@ -80,10 +80,9 @@ async def serve(config: GatewayConfig) -> None:
     streams = [kube.WatchStream(api, s, on_reset, on_event, stop) for s in sources(config)]
     for stream in streams:
         stream.start()
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, enable_cleanup_closed=True)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_seconds)
     async with aiohttp.ClientSession(
-        connector=connector,
+        connector=connector(state),
         timeout=timeout,
         auto_decompress=False,
         skip_auto_headers=("User-Agent",),

@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import re
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -27,7 +29,7 @@ from gantry_gateway.limits import Limiter
 from gantry_gateway.metrics import Metrics
 from gantry_gateway.state import State
 from gantry_gateway.tenants import Tenant
-from gantry_gateway.view import ModelEntry, Replica
+from gantry_gateway.view import REPLICA_DOMAIN, ModelEntry, Replica
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +256,9 @@ class Handler:
             gauge.inc()
             try:
                 upstream = await self.s.session.post(
-                    f"http://{replica.address}{request.path}", data=raw, headers=headers
+                    f"http://{replica.host}:{replica.port}{request.path}",
+                    data=raw,
+                    headers=headers,
                 )
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 state.end(replica)
@@ -384,6 +388,42 @@ class Handler:
         if self.s.state.synced >= self.expected:
             return web.Response(text="ok")
         return web.Response(status=503, text="watches not listed yet")
+
+
+class ReplicaResolver(AbstractResolver):
+    """Resolves ``Replica.host`` names from the gateway's own view (no DNS): a pod that is no
+    longer Ready resolves to nothing, which the caller retries on another replica."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        replica = self.state.catalog.by_host(host)
+        if replica is None:
+            raise OSError(f"pod {host.removesuffix('.' + REPLICA_DOMAIN)} is not a Ready replica")
+        ip = replica.ip
+        return [
+            {
+                "hostname": host,
+                "host": ip,
+                "port": port,
+                "family": socket.AF_INET6 if ":" in ip else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+def connector(state: State) -> aiohttp.TCPConnector:
+    """Upstream connections: pooled per pod, resolved from the view, unlimited in number."""
+    return aiohttp.TCPConnector(
+        limit=0, resolver=ReplicaResolver(state), use_dns_cache=False, enable_cleanup_closed=True
+    )
 
 
 def api_app(handler: Handler, max_body: int) -> web.Application:

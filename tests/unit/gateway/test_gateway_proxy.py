@@ -25,7 +25,7 @@ from gantry_gateway.audit import AuditLog
 from gantry_gateway.config import GatewayConfig
 from gantry_gateway.limits import Limiter
 from gantry_gateway.metrics import Metrics
-from gantry_gateway.proxy import Handler, Services, api_app
+from gantry_gateway.proxy import Handler, Services, api_app, connector
 from gantry_gateway.state import State
 from gantry_gateway.view import ModelEntry, Replica, Strategy
 from gantry_runtime.simulator.testing import SimulatorThread
@@ -59,7 +59,7 @@ class GatewayThread:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         audit = AuditLog(self.audit_path, include_content=False)
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(connector=connector(self.state)) as session:
             services = Services(
                 self.config, self.state, Limiter(), self.metrics, audit, session, lambda e: None
             )
@@ -283,3 +283,96 @@ def test_a_client_that_disconnects_cancels_the_upstream_request(
         (line,) = gw.audit()
         assert line["status"] == 499
         assert gw.sample("gantry_gateway_outstanding_requests") == 0
+
+
+class OldPod:
+    """A replica on its way out: answers one request, keeps that connection open, and closes
+    it without answering the next one (a draining server, or one killed mid-reuse)."""
+
+    ANSWER = json.dumps({"object": "chat.completion", "choices": [], "usage": None}).encode()
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        answered = False
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length")
+            )
+            await reader.readexactly(length)
+            if answered:
+                writer.close()
+                await writer.wait_closed()
+                return
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(self.ANSWER)}\r\n\r\n".encode()
+                + self.ANSWER
+            )
+            answered = True
+
+    def start(self) -> OldPod:
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, "127.0.0.1", self.port), self._loop
+        )
+        self._server = future.result(5)
+        return self
+
+    def stop_listening(self) -> None:
+        """Free the port; the accepted connection stays open."""
+        assert self._server is not None
+        self._loop.call_soon_threadsafe(self._server.close)
+        time.sleep(0.2)
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            for writer in self._writers:
+                writer.close()
+            if self._server is not None:
+                self._server.close()
+                await self._server.wait_closed()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+
+def test_a_new_pod_on_a_deleted_pods_address_gets_fresh_connections(tmp_path: Path) -> None:
+    """kwok (like real clusters) hands a deleted pod's IP to a new pod: a connection kept
+    alive to the old pod must not carry the new pod's requests (it would fail them)."""
+    port = free_port()
+    body = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    ).encode()
+    old = OldPod(port).start()
+    with GatewayThread(state_with([port]), tmp_path / "a.jsonl") as gw:
+        assert raw(gw, body)[0] == 200  # leaves a kept-alive connection to pod-<port>
+        old.stop_listening()
+        new = Replica("ns", "pod-new", "md", f"127.0.0.1:{port}")
+
+        def replace() -> None:
+            gone = {"metadata": {"name": f"pod-{port}", "namespace": "ns"}}
+            gw.state.event("Pod", "DELETED", gone)
+            gw.state.catalog.replicas[("ns", "md")]["pod-new"] = new
+
+        with SimulatorThread([MODEL, "--port", str(port)]):
+            gw.call(replace)
+            statuses = [raw(gw, body)[0] for _ in range(3)]
+        old.stop()
+        assert statuses == [200, 200, 200]
+        assert [line["replica"] for line in gw.audit(4)][1:] == ["pod-new"] * 3
