@@ -257,6 +257,20 @@ def service_url(cluster: LocalCluster) -> str:
     return f"http://{service['spec']['clusterIP']}:{port}/v1/chat/completions"
 
 
+def no_endpoints(cluster: LocalCluster) -> str | None:
+    """Why the Service has no endpoint to route to, or None."""
+    selector = f"kubernetes.io/service-name={NAME}"
+    found = cluster.kubectl("-n", NAMESPACE, "get", "endpointslices", "-l", selector, "-o", "json")
+    slices = json.loads(found.stdout)["items"]
+    if any(e.get("addresses") for s in slices for e in s.get("endpoints") or ()):
+        return None
+    return (
+        "kube-proxy runs here (nftables mode) and programs the Service, but the Service has "
+        "no endpoints: the API server refuses loopback addresses in EndpointSlices, and this "
+        "local cluster's pods have 127.1.x.y addresses"
+    )
+
+
 def deletion(
     cluster: LocalCluster, gateway: GatewayProcess, clients: int, seconds: float
 ) -> dict[str, Any]:
@@ -335,9 +349,12 @@ def main() -> int:
             proxy = kube_proxy.KubeProxy(cluster, nodes.NODES[0].name, Path(tmp) / "kp.log")
             try:
                 proxy.start()
-                paths["service"] = [service_url(cluster)]
+                no_proxy = no_endpoints(cluster)
+                if no_proxy is None:
+                    paths["service"] = [service_url(cluster)]
             except (AssertionError, RuntimeError) as exc:
                 no_proxy = f"kube-proxy did not start: {exc}"
+            if no_proxy is not None:
                 proxy.stop()
                 proxy = None
         try:

@@ -6,9 +6,14 @@ kube-proxy (built from ``k8s.io/kubernetes/cmd/kube-proxy`` like the other binar
 :mod:`localcluster.build`) against the cluster in nftables mode: it programs the tables
 ``ip kube-proxy`` / ``ip6 kube-proxy`` of this machine's network namespace, whose rules DNAT
 locally generated connections to a ClusterIP (10.96.0.0/16) onto a Ready endpoint, here a
-loopback pod address. It needs root (CAP_NET_ADMIN) and the ``nft`` command (Debian's
+Ready endpoint. It needs root (CAP_NET_ADMIN) and the ``nft`` command (Debian's
 ``nftables`` package); :func:`unavailable` says why it cannot run, or None. Its tables are
 deleted when it stops. Conntrack sysctls are left alone (``--conntrack-*`` = 0).
+
+It runs here, but a Service of the local cluster's pods still routes nowhere: the API server
+refuses loopback addresses in EndpointSlices ("may not be in the loopback range"), and the fake
+nodes' pods have 127.1.x.y addresses, so the EndpointSlice controller can publish no endpoint.
+(A DNAT from a ClusterIP to a loopback address does work on this machine.)
 """
 
 from __future__ import annotations
