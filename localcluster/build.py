@@ -63,7 +63,10 @@ LWS_MANIFESTS = (
     *(f"config/webhook/{name}" for name in LWS_WEBHOOK_FILES),
 )
 LWS = Component("lws", versions.LWS, ("lws-controller-manager",), LWS_MANIFESTS)
-COMPONENTS = (KUBERNETES, ETCD, KWOK, HELM, KUBE_SCORE, LWS)
+#: kube-proxy, apart from the control plane's binaries (only bench/gateway.py runs it, and only
+#: where nftables is installed): built on request, so adding it rebuilt nothing else.
+KUBE_PROXY = Component("kube-proxy", versions.KUBERNETES, ("kube-proxy",))
+COMPONENTS = (KUBERNETES, ETCD, KWOK, HELM, KUBE_SCORE, LWS, KUBE_PROXY)
 #: What a LocalCluster runs (LWS only when asked for); the rest are client tools.
 CLUSTER_COMPONENTS = (KUBERNETES, ETCD, KWOK)
 
@@ -170,6 +173,23 @@ def build_kubernetes(work: Path) -> None:
     _install(KUBERNETES, work, targets, _kubernetes_ldflags())
 
 
+KUBE_PROXY_PACKAGE = "k8s.io/kubernetes/cmd/kube-proxy"
+
+
+def build_kube_proxy(work: Path) -> None:
+    replaces = "\n".join(
+        f"\tk8s.io/{m} => k8s.io/{m} {versions.KUBERNETES_STAGING}"
+        for m in versions.STAGING_MODULES
+    )
+    _module(
+        work,
+        "kube-proxy",
+        f"require k8s.io/kubernetes {versions.KUBERNETES}\n\nreplace (\n{replaces}\n)\n",
+        {"tools.go": f'//go:build tools\n\npackage tools\n\nimport _ "{KUBE_PROXY_PACKAGE}"\n'},
+    )
+    _install(KUBE_PROXY, work, [KUBE_PROXY_PACKAGE], _kubernetes_ldflags())
+
+
 def build_etcd(work: Path) -> None:
     main = (
         'package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\n'
@@ -263,6 +283,7 @@ BUILDERS = {
     "helm": build_helm,
     "kube-score": build_kube_score,
     "lws": build_lws,
+    "kube-proxy": build_kube_proxy,
 }
 
 
@@ -270,7 +291,10 @@ def ensure_built(names: Sequence[str] | None = None) -> None:
     """Build every missing component (all of them by default)."""
     if shutil.which("go") is None:
         raise RuntimeError("Go is not installed: install Go >= 1.24 to build the local cluster")
-    wanted = [c for c in COMPONENTS if names is None or c.name in names]
+    default = [c for c in COMPONENTS if c is not KUBE_PROXY]
+    wanted = [
+        c for c in (default if names is None else COMPONENTS) if names is None or c.name in names
+    ]
     missing = [c for c in wanted if not c.built()]
     if not missing:
         return

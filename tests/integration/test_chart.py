@@ -262,6 +262,8 @@ VARIANTS = {
     "namespaced": [f"watch.namespaces={{{','.join(WATCHED)}}}"],
     "network-policies": ["networkPolicy.enabled=true"],
     "standalone": ["replicaCount=1", "peering.enabled=false"],
+    "gateway": ["gateway.enabled=true"],
+    "gateway-namespaced": ["gateway.enabled=true", f"gateway.namespaces={{{','.join(WATCHED)}}}"],
 }
 
 
@@ -527,6 +529,140 @@ def test_helm_test_hook_is_a_job_running_the_checked_in_script(
     test_policy = one(default, "NetworkPolicy", "gantry-test")
     assert test_policy["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "test"
+
+
+# -- the gateway ---------------------------------------------------------------------------------
+
+GATEWAY_SELECTOR = OPERATOR_SELECTOR | {"app.kubernetes.io/component": "gateway"}
+
+
+def _gateway(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [
+        o
+        for o in by_kind(objects, kind)
+        if o["metadata"]["labels"].get("app.kubernetes.io/component") == "gateway"
+    ]
+
+
+def test_gateway_is_off_by_default(default: list[dict[str, Any]]) -> None:
+    assert [o for o in default if o["metadata"]["name"].startswith("gantry-gateway")] == []
+
+
+def test_gateway_deployment_service_pdb_hpa_and_restricted_pods() -> None:
+    objects = template(sets=["gateway.enabled=true"])
+    (deployment,) = _gateway(objects, "Deployment")
+    assert deployment["metadata"]["name"] == "gantry-gateway"
+    assert "replicas" not in deployment["spec"]  # the HPA owns the count
+    assert deployment["spec"]["selector"]["matchLabels"] == GATEWAY_SELECTOR
+    pod = deployment["spec"]["template"]
+    assert GATEWAY_SELECTOR.items() <= pod["metadata"]["labels"].items()
+    assert pod["spec"]["serviceAccountName"] == "gantry-gateway"
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    main = container(deployment)
+    assert main["command"] == ["gantry-gateway"]
+    assert main["image"] == container(deployments(objects)["gantry-operator"])["image"]
+    context = main["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"] == {"drop": ["ALL"]}
+    assert main["args"] == [
+        "--port=8080",
+        "--metrics-port=9091",
+        "--tenant-namespace=gantry-system",
+        "--peer-selector=app.kubernetes.io/name=gantry,app.kubernetes.io/instance=gantry,"
+        "app.kubernetes.io/component=gateway",
+        "--hold-timeout-seconds=900",
+        "--max-held-per-model=256",
+        "--max-body-bytes=8388608",
+    ]
+    assert {p["name"]: p["containerPort"] for p in main["ports"]} == {"http": 8080, "metrics": 9091}
+    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert main["resources"]["limits"]["memory"] == main["resources"]["requests"]["memory"]
+    (hpa,) = _gateway(objects, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "gantry-gateway"
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 10)
+    assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    (pdb,) = _gateway(objects, "PodDisruptionBudget")
+    assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": GATEWAY_SELECTOR}}
+    (service,) = _gateway(objects, "Service")
+    assert service["spec"]["selector"] == GATEWAY_SELECTOR
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    ]
+    (policy,) = _gateway(objects, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"] == GATEWAY_SELECTOR
+    assert {"ports": [{"port": 8000, "protocol": "TCP"}]}.items() <= policy["spec"]["egress"][
+        2
+    ].items()
+    sets = [
+        "gateway.enabled=true",
+        "gateway.autoscaling.enabled=false",
+        "gateway.audit.includeContent=true",
+    ]
+    fixed = one(template(sets=sets), "Deployment", "gantry-gateway")
+    assert fixed["spec"]["replicas"] == 2
+    assert "--audit-include-content" in container(fixed)["args"]
+
+
+def deployments(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in by_kind(objects, "Deployment")}
+
+
+GATEWAY_GRANTS = {
+    ("gantry.dev", "modeldeployments", "list"),
+    ("gantry.dev", "modeldeployments", "watch"),
+    ("gantry.dev", "modeldeployments/scale", "patch"),
+    ("", "pods", "list"),
+    ("", "pods", "watch"),
+}
+
+
+def test_gateway_rbac_is_exactly_what_it_calls() -> None:
+    objects = template(sets=["gateway.enabled=true"])
+    (cluster_role,) = _gateway(objects, "ClusterRole")
+    assert _grants(cluster_role["rules"]) == GATEWAY_GRANTS
+    roles = {r["metadata"]["name"]: r for r in _gateway(objects, "Role")}
+    assert set(roles) == {"gantry-gateway-tenants", "gantry-gateway-peers"}
+    assert _grants(roles["gantry-gateway-tenants"]["rules"]) == {
+        ("", "secrets", "list"),
+        ("", "secrets", "watch"),
+    }
+    assert _grants(roles["gantry-gateway-peers"]["rules"]) == {
+        ("", "pods", "list"),
+        ("", "pods", "watch"),
+    }
+    for binding in _gateway(objects, "ClusterRoleBinding") + _gateway(objects, "RoleBinding"):
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "gantry-gateway", "namespace": "gantry-system"}
+        ]
+    extra = ["gateway.tenantNamespace=tenants", "gateway.shareLimits=false"]
+    scoped = template(sets=VARIANTS["gateway-namespaced"] + extra)
+    assert _gateway(scoped, "ClusterRole") == []
+    by_namespace = {(r["metadata"]["namespace"], r["metadata"]["name"]): r
+                    for r in _gateway(scoped, "Role")}  # fmt: skip
+    assert set(by_namespace) == {
+        ("llm-a", "gantry-gateway"),
+        ("llm-b", "gantry-gateway"),
+        ("tenants", "gantry-gateway-tenants"),
+    }
+    assert _grants(by_namespace[("llm-a", "gantry-gateway")]["rules"]) == GATEWAY_GRANTS
+    args = container(one(scoped, "Deployment", "gantry-gateway"))["args"]
+    assert "--namespace=llm-a" in args
+    assert "--namespace=llm-b" in args
+    assert "--tenant-namespace=tenants" in args
+    assert not [a for a in args if a.startswith("--peer-selector")]
+
+
+def test_gateway_values_are_checked_by_the_schema() -> None:
+    assert "gateway" in helm_fails("gateway.bogus=1")
+    assert "gateway" in helm_fails("gateway.holdTimeoutSeconds=-1")
+
+
+def test_kube_score_passes_with_the_gateway() -> None:
+    config = chart.ScoreConfig.load()
+    rendered = chart.render(RESIDENCY_VALUES, sets=["gateway.enabled=true"])
+    assert chart.kube_score(rendered, config) == ""
 
 
 # -- the security scan ---------------------------------------------------------------------------
