@@ -154,6 +154,9 @@ def _observe(
         plan=want.plan.to_status() if want.plan and problem is None else None,
         selector=selector,
         endpoint=manifests.endpoint(spec) if spec else previous.get("endpoint", ""),
+        served_model_name=(
+            spec.served_model_name if spec else str(previous.get("servedModelName") or "")
+        ),
     )
 
 
