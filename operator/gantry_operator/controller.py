@@ -15,7 +15,16 @@ from gantry_operator import metrics
 from gantry_operator.autoscaling.loop import Autoscaler
 from gantry_operator.config import OperatorConfig
 from gantry_operator.reconcile import Reconciler
-from gantry_operator.store import MODEL_DEPLOYMENT, POD, Key, Store, key_of, owner_key, slim
+from gantry_operator.store import (
+    GATEWAY_POD,
+    MODEL_DEPLOYMENT,
+    POD,
+    Key,
+    Store,
+    key_of,
+    owner_key,
+    slim,
+)
 from gantry_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -31,6 +40,7 @@ class Controller:
             self.reconciler,
             interval=config.autoscale_seconds,
             limits=config.scrape,
+            gateway_namespace=config.gateway_namespace,
         )
         self.queue: WorkQueue[Key] | None = None
         #: Reconciles are synchronous (the kubernetes client); they run on their own threads.
@@ -65,6 +75,13 @@ class Controller:
         for owner in keys:
             if owner is not None and self.store.get(MODEL_DEPLOYMENT, owner) is not None:
                 self._enqueue(owner)
+
+    def gateway_pod_seen(self, obj: Mapping[str, Any]) -> None:
+        """A gantry-gateway pod as listed or changed (the autoscaler scrapes the running ones)."""
+        self.store.put(GATEWAY_POD, obj)
+
+    def gateway_pod_deleted(self, obj: Mapping[str, Any]) -> None:
+        self.store.remove(GATEWAY_POD, obj)
 
     def node_seen(self, obj: Mapping[str, Any]) -> None:
         """A node as listed or changed (kopf index: the pool is known before any reconcile)."""

@@ -14,7 +14,7 @@ import kopf
 
 from gantry_operator.controller import Controller
 from gantry_operator.spec import GROUP, PLURAL, VERSION
-from gantry_operator.store import POD
+from gantry_operator.store import GATEWAY_LABEL, POD
 
 CHILD_LABELS = {"app.kubernetes.io/managed-by": "gantry"}
 #: Child kinds: (group, version, plural) -> kind. All objects are indexed, not only Gantry's:
@@ -68,6 +68,26 @@ def watch_network_policies() -> None:
     """NetworkPolicies are watched only when the cluster policy has the operator make them
     (without it the operator needs, and has, no access to them)."""
     _watch_child("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
+
+
+def watch_gateway_pods(namespace: str) -> None:
+    """The gantry-gateway's pods in ``namespace`` (the autoscaler reads their request metrics
+    to scale idle models to zero). Only that namespace: a pod elsewhere that carries the label
+    is no gateway, and its numbers must not move anyone's models."""
+
+    def here(body: kopf.Body, **_: Any) -> bool:
+        return bool(body.get("metadata", {}).get("namespace") == namespace)
+
+    async def seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        _controller(memo).gateway_pod_seen(dict(body))
+
+    async def changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        if event["type"] == "DELETED":
+            _controller(memo).gateway_pod_deleted(event["object"])
+
+    labels = {GATEWAY_LABEL[0]: GATEWAY_LABEL[1]}
+    kopf.index("v1", "pods", id="gateway-pods-store", labels=labels, when=here)(seen)
+    kopf.on.event("v1", "pods", id="gateway-pods-events", labels=labels, when=here)(changed)
 
 
 async def node_seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

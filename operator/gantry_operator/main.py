@@ -90,6 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=ScrapeLimits.deadline_seconds,
         help="seconds for one scrape of a runtime pod's /metrics",
     )
+    parser.add_argument(
+        "--gateway-namespace",
+        default=OperatorConfig.gateway_namespace,
+        help="namespace of the gantry-gateway pods whose request metrics decide when a model "
+        "with minReplicas 0 is idle (must be among the served namespaces)",
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -106,11 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers,
         min_reconcile_interval=args.min_reconcile_interval,
         scrape=ScrapeLimits(max_bytes=args.scrape_max_bytes, deadline_seconds=args.scrape_deadline),
+        gateway_namespace=args.gateway_namespace,
     )
     host, _, port = args.metrics_address.rpartition(":")
     prometheus_client.start_http_server(int(port), addr=host or "0.0.0.0")
     if config.policy.network.enabled:
         handlers.watch_network_policies()  # the other handlers register on import
+    handlers.watch_gateway_pods(config.gateway_namespace)
     if not args.namespace:
         handlers.watch_nodes()
     # Named namespaces only (no kopf patterns such as `llm-*`): no cluster-wide reads needed.

@@ -24,6 +24,10 @@ MODEL_DEPLOYMENT = KIND
 #: The child kinds named like their ModelDeployment (NetworkPolicy only with the policy).
 CHILD_KINDS = ("Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy")
 POD = "Pod"
+#: Pods of the gantry-gateway (label app.kubernetes.io/component=gateway): the autoscaler reads
+#: their request metrics to take idle models to zero.
+GATEWAY_POD = "GatewayPod"
+GATEWAY_LABEL = ("app.kubernetes.io/component", "gateway")
 NODE = "Node"
 MD_LABEL = "gantry.dev/model-deployment"
 MANAGED = ("app.kubernetes.io/managed-by", "gantry")
@@ -95,7 +99,7 @@ class Store:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._objects: dict[str, dict[Key, Obj]] = {
-            kind: {} for kind in (MODEL_DEPLOYMENT, *CHILD_KINDS, POD)
+            kind: {} for kind in (MODEL_DEPLOYMENT, *CHILD_KINDS, POD, GATEWAY_POD)
         }
         self._pods_by_owner: dict[Key, dict[str, Obj]] = {}
         #: GPU nodes, slimmed to what the planner reads (labels, allocatable), and a counter
@@ -156,6 +160,21 @@ class Store:
     def model_deployments(self) -> list[Obj]:
         with self._lock:
             return list(self._objects[MODEL_DEPLOYMENT].values())
+
+    def gateway_pods(self, namespace: str) -> list[tuple[str, str]]:
+        """(name, IP) of the running gateway pods in ``namespace``, sorted by name."""
+        with self._lock:
+            pods = [p for (ns, _), p in self._objects[GATEWAY_POD].items() if ns == namespace]
+        running = []
+        for pod in pods:
+            status = pod.get("status") or {}
+            if (
+                status.get("phase") == "Running"
+                and status.get("podIP")
+                and not pod["metadata"].get("deletionTimestamp")
+            ):
+                running.append((str(pod["metadata"]["name"]), str(status["podIP"])))
+        return sorted(running)
 
     def children(self, key: Key) -> Children:
         """The children named like the ModelDeployment ``key`` (owned or not) and its pods."""
