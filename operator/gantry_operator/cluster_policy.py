@@ -15,8 +15,12 @@ no NetworkPolicy is created. The format (every key optional)::
       allowedEgressEndpoints: [http://otel.monitoring.svc:4317]  # engine flags that send data
     networkPolicy:
       enabled: true
-      ingress:                          # who may call the runtime pods (port 8000)
-        - namespaceSelector: {matchLabels: {gantry.dev/clients: "true"}}
+      gateway:                          # the gantry-gateway is the clients' way in: its pods
+        enabled: true                   # (label app.kubernetes.io/component=gateway in this
+        namespace: gantry-system        # namespace) may call the runtime pods (port 8000)
+      ingress:                          # who else may call them; with the gateway on, leave it
+        - namespaceSelector: {matchLabels: {gantry.dev/clients: "true"}}   # empty (or name an
+                                        # inference gateway that routes to InferencePools)
       monitoring:                       # Prometheus, also to port 8000 (/metrics)
         - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}
       operator:                         # the operator itself (scrapes /metrics)
@@ -111,6 +115,9 @@ def endpoint_allowed(url: str, allowed: tuple[str, ...]) -> bool:
 @dataclass(frozen=True)
 class NetworkPolicySettings:
     enabled: bool = False
+    #: The gantry-gateway's namespace when the gateway is on: its pods may call the runtime
+    #: pods. None: no gateway.
+    gateway_namespace: str | None = None
     ingress: tuple[Mapping[str, Any], ...] = ()
     monitoring: tuple[Mapping[str, Any], ...] = ()
     operator: tuple[Mapping[str, Any], ...] = ()
@@ -214,6 +221,22 @@ def _selectors(value: Any, where: str) -> tuple[Mapping[str, Any], ...]:
     return tuple(value)
 
 
+def _gateway_namespace(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("policy networkPolicy.gateway must be an object (enabled, namespace)")
+    if not value.get("enabled", False):
+        return None
+    namespace = value.get("namespace")
+    if not isinstance(namespace, str) or not namespace:
+        raise ValueError(
+            "policy networkPolicy.gateway.namespace is required with gateway.enabled: name the "
+            "namespace the gantry-gateway pods run in"
+        )
+    return namespace
+
+
 def _strings(value: Any, key: str) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -239,6 +262,7 @@ def parse_policy(data: Mapping[str, Any]) -> Policy:
         allowed_sources=sources,
         network=NetworkPolicySettings(
             enabled=bool(network.get("enabled", False)),
+            gateway_namespace=_gateway_namespace(network.get("gateway")),
             ingress=_selectors(network.get("ingress"), "networkPolicy.ingress"),
             monitoring=_selectors(network.get("monitoring"), "networkPolicy.monitoring"),
             operator=_selectors(network.get("operator"), "networkPolicy.operator"),

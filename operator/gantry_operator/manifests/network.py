@@ -15,11 +15,28 @@ DNS_PEER = {
 }
 
 
+#: The label of the gantry-gateway's pods (the gateway chart sets it).
+GATEWAY_POD_LABELS = {"app.kubernetes.io/component": "gateway"}
+
+
+def gateway_peer(namespace: str) -> dict[str, Any]:
+    """The gantry-gateway's pods: that label, in that namespace only."""
+    return {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+        "podSelector": {"matchLabels": dict(GATEWAY_POD_LABELS)},
+    }
+
+
 def build_network_policy(
     spec: ModelDeploymentSpec, *, owner: Owner, settings: NetworkPolicySettings
 ) -> dict[str, Any]:
-    """Ingress to the serving port only from allowed peers; egress only to DNS and storage."""
-    peers = [dict(p) for p in (*settings.ingress, *settings.monitoring, *settings.operator)]
+    """Ingress to the serving port only from allowed peers (with the gateway on: its pods,
+    monitoring, the operator and what ``ingress`` adds); egress only to DNS and storage."""
+    gateway = [gateway_peer(settings.gateway_namespace)] if settings.gateway_namespace else []
+    peers = [
+        *gateway,
+        *(dict(p) for p in (*settings.ingress, *settings.monitoring, *settings.operator)),
+    ]
     egress: list[dict[str, Any]] = [
         {
             "to": [DNS_PEER],
