@@ -29,6 +29,12 @@ no NetworkPolicy is created. The format (every key optional)::
       storage:                          # egress besides DNS: in-cluster model storage
         - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: storage}}}]
           ports: [{port: 9000, protocol: TCP}]
+    inferencePool:                      # one InferencePool per ModelDeployment while the CRD
+      enabled: true                     # inferencepools.inference.networking.k8s.io exists
+      endpointPicker:                   # optional: the endpointPickerRef of every pool (a
+        name: epp                       # Service of that name in each model's namespace)
+        port: 9002
+        failureMode: FailClose          # or FailOpen
     runtime:
       image: registry.internal/gantry/gantry-runtime:0.1.0-vllm0.33.0   # default runtime image
       imagePullSecrets: [registry-mirror]                               # added to every pod
@@ -36,6 +42,7 @@ no NetworkPolicy is created. The format (every key optional)::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,11 +132,25 @@ class NetworkPolicySettings:
 
 
 @dataclass(frozen=True)
+class EndpointPicker:
+    name: str
+    port: int = 9002
+    failure_mode: str = "FailClose"
+
+
+@dataclass(frozen=True)
+class InferencePoolSettings:
+    enabled: bool = False
+    endpoint_picker: EndpointPicker | None = None
+
+
+@dataclass(frozen=True)
 class Policy:
     allowed_regions: tuple[str, ...] = ()
     offline: bool = False
     allowed_sources: tuple[str, ...] = SOURCE_KINDS
     network: NetworkPolicySettings = field(default_factory=NetworkPolicySettings)
+    inference_pool: InferencePoolSettings = field(default_factory=InferencePoolSettings)
     #: Runtime image for ModelDeployments that name none (the cluster's registry mirror).
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
     #: Pull secrets added to every runtime pod.
@@ -237,6 +258,32 @@ def _gateway_namespace(value: Any) -> str | None:
     return namespace
 
 
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _inference_pool(value: Any) -> InferencePoolSettings:
+    if value is None:
+        return InferencePoolSettings()
+    if not isinstance(value, dict):
+        raise ValueError("policy inferencePool must be an object (enabled, endpointPicker)")
+    picker: Any = value.get("endpointPicker")
+    if picker is None:
+        return InferencePoolSettings(enabled=bool(value.get("enabled", False)))
+    where = "policy inferencePool.endpointPicker"
+    if not isinstance(picker, dict) or not _DNS_LABEL.match(str(picker.get("name") or "")):
+        raise ValueError(f"{where}.name must name a Service (a DNS label such as epp)")
+    port = picker.get("port", 9002)
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise ValueError(f"{where}.port must be a port number (1 to 65535)")
+    mode = picker.get("failureMode", "FailClose")
+    if mode not in ("FailClose", "FailOpen"):
+        raise ValueError(f"{where}.failureMode must be FailClose or FailOpen")
+    return InferencePoolSettings(
+        enabled=bool(value.get("enabled", False)),
+        endpoint_picker=EndpointPicker(str(picker["name"]), port, mode),
+    )
+
+
 def _strings(value: Any, key: str) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -268,6 +315,7 @@ def parse_policy(data: Mapping[str, Any]) -> Policy:
             operator=_selectors(network.get("operator"), "networkPolicy.operator"),
             storage=_selectors(network.get("storage"), "networkPolicy.storage"),
         ),
+        inference_pool=_inference_pool(data.get("inferencePool")),
         runtime_image=str(runtime.get("image") or DEFAULT_RUNTIME_IMAGE),
         image_pull_secrets=tuple(str(s) for s in runtime.get("imagePullSecrets") or ()),
         allowed_registries=_strings(residency.get("allowedRegistries"), "allowedRegistries"),

@@ -14,6 +14,7 @@ from typing import Any
 from gantry_operator import metrics
 from gantry_operator.autoscaling.loop import Autoscaler
 from gantry_operator.config import OperatorConfig
+from gantry_operator.desired import OPTIONAL_KINDS
 from gantry_operator.reconcile import Reconciler
 from gantry_operator.store import (
     GATEWAY_POD,
@@ -82,6 +83,29 @@ class Controller:
 
     def gateway_pod_deleted(self, obj: Mapping[str, Any]) -> None:
         self.store.remove(GATEWAY_POD, obj)
+
+    def crd_seen(self, obj: Mapping[str, Any]) -> None:
+        """A watched CRD as listed or changed: when it became established (or stopped being),
+        every ModelDeployment is reconciled (its optional children follow the CRD)."""
+        if self.store.put_crd(obj):
+            self._crd_changed(obj)
+
+    def crd_deleted(self, obj: Mapping[str, Any]) -> None:
+        if self.store.remove_crd(obj):
+            self._crd_changed(obj)
+
+    def _crd_changed(self, obj: Mapping[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        established = self.store.crd_established(name)
+        log.info(
+            "CustomResourceDefinition %s is %s", name, "established" if established else "gone"
+        )
+        if not established:
+            for kind, crd in OPTIONAL_KINDS.items():
+                if crd == name:
+                    self.store.clear(kind)
+        for md in self.store.model_deployments():
+            self._enqueue(key_of(md))
 
     def node_seen(self, obj: Mapping[str, Any]) -> None:
         """A node as listed or changed (kopf index: the pool is known before any reconcile)."""

@@ -8,6 +8,7 @@ then forget deleted objects and queue the one level-triggered reconcile.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import kopf
@@ -88,6 +89,36 @@ def watch_gateway_pods(namespace: str) -> None:
     labels = {GATEWAY_LABEL[0]: GATEWAY_LABEL[1]}
     kopf.index("v1", "pods", id="gateway-pods-store", labels=labels, when=here)(seen)
     kopf.on.event("v1", "pods", id="gateway-pods-events", labels=labels, when=here)(changed)
+
+
+def watch_crds(names: Collection[str]) -> None:
+    """Whether the CRDs ``names`` are established, in the store (``Store.crd_established``).
+
+    An index handler, so the answer is known before the first reconcile; the events after it
+    re-queue every ModelDeployment when a CRD is established or deleted, so a CRD installed
+    while the operator runs takes effect without a restart. Needs list/watch on
+    customresourcedefinitions (cluster-wide)."""
+    wanted = frozenset(names)
+
+    def named(body: kopf.Body, **_: Any) -> bool:
+        return body.get("metadata", {}).get("name") in wanted
+
+    async def seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        _controller(memo).crd_seen(dict(body))
+
+    async def changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        if event["type"] == "DELETED":
+            _controller(memo).crd_deleted(event["object"])
+
+    resource = ("apiextensions.k8s.io/v1", "customresourcedefinitions")
+    kopf.index(*resource, id="crds-store", when=named)(seen)
+    kopf.on.event(*resource, id="crds-events", when=named)(changed)
+
+
+def watch_inference_pools() -> None:
+    """InferencePools, only when the cluster policy has the operator make them (RBAC for them
+    only then). kopf starts this watch when the CRD appears (cluster-wide CRD scanning)."""
+    _watch_child("inference.networking.k8s.io", "v1", "inferencepools", "InferencePool")
 
 
 async def node_seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:

@@ -30,6 +30,7 @@ _PATHS = {
     "Service": ("/api/v1", "services"),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
+    "InferencePool": ("/apis/inference.networking.k8s.io/v1", "inferencepools"),
     KIND: (f"/apis/{GROUP}/{VERSION}", PLURAL),
 }
 

@@ -17,6 +17,7 @@ from gantry_operator import handlers
 from gantry_operator.cluster_policy import load_policy
 from gantry_operator.config import OperatorConfig, ScrapeLimits
 from gantry_operator.controller import Controller
+from gantry_operator.manifests.inference_pool import CRD_NAME as INFERENCE_POOL_CRD
 from gantry_operator.spec import GROUP
 
 
@@ -119,6 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.policy.network.enabled:
         handlers.watch_network_policies()  # the other handlers register on import
     handlers.watch_gateway_pods(config.gateway_namespace)
+    if config.policy.inference_pool.enabled:
+        if args.namespace:
+            parser.error(
+                "the policy's inferencePool.enabled needs --all-namespaces: the operator "
+                f"watches the CRD {INFERENCE_POOL_CRD} cluster-wide"
+            )
+        handlers.watch_crds([INFERENCE_POOL_CRD])
+        handlers.watch_inference_pools()
     if not args.namespace:
         handlers.watch_nodes()
     # Named namespaces only (no kopf patterns such as `llm-*`): no cluster-wide reads needed.

@@ -92,7 +92,12 @@ class Reconciler:
         key: Key = (meta["namespace"], meta["name"])
         uid = meta["uid"]
         want = self.intent(md)
-        decision = desired.decide(want, self.store.children(key), uid)
+        unavailable = frozenset(
+            kind
+            for kind, crd in desired.OPTIONAL_KINDS.items()
+            if not self.store.crd_established(crd)
+        )
+        decision = desired.decide(want, self.store.children(key), uid, unavailable=unavailable)
         outcome = execute(decision, self.store) if _writes(decision) else Outcome()
         observed = _observe(md, want, outcome, self.store.children(key))
         previous: Mapping[str, Any] = md.get("status") or {}

@@ -21,8 +21,9 @@ Obj = Mapping[str, Any]
 Key = tuple[str, str]
 
 MODEL_DEPLOYMENT = KIND
-#: The child kinds named like their ModelDeployment (NetworkPolicy only with the policy).
-CHILD_KINDS = ("Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy")
+#: The child kinds named like their ModelDeployment (NetworkPolicy and InferencePool only with
+#: the policy, InferencePool only while its CRD is established).
+CHILD_KINDS = ("Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy", "InferencePool")
 POD = "Pod"
 #: Pods of the gantry-gateway (label app.kubernetes.io/component=gateway): the autoscaler reads
 #: their request metrics to take idle models to zero.
@@ -106,6 +107,38 @@ class Store:
         #: that moves only when one of those changes (not on every node heartbeat).
         self._nodes: dict[str, Obj] = {}
         self.pool_version = 0
+        #: Names of the watched CustomResourceDefinitions that are established now.
+        self._established: set[str] = set()
+
+    # -- "is CRD X established" (fed by a CRD watch, see handlers.watch_crds) ----------------
+    def put_crd(self, crd: Obj) -> bool:
+        """Record a CRD as listed or changed; True when its established state flipped."""
+        name = str(crd["metadata"]["name"])
+        conditions = (crd.get("status") or {}).get("conditions") or []
+        established = not crd["metadata"].get("deletionTimestamp") and any(
+            c.get("type") == "Established" and c.get("status") == "True" for c in conditions
+        )
+        with self._lock:
+            before = name in self._established
+            if established:
+                self._established.add(name)
+            else:
+                self._established.discard(name)
+        return before != established
+
+    def remove_crd(self, crd: Obj) -> bool:
+        """Forget a deleted CRD; True when it had been established."""
+        with self._lock:
+            if str(crd["metadata"]["name"]) in self._established:
+                self._established.discard(str(crd["metadata"]["name"]))
+                return True
+        return False
+
+    def crd_established(self, name: str) -> bool:
+        """True while the CRD ``name`` (e.g. ``inferencepools.inference.networking.k8s.io``)
+        exists with condition Established=True, as last seen by the watch."""
+        with self._lock:
+            return name in self._established
 
     def put_node(self, node: Obj) -> None:
         slim = {
@@ -152,6 +185,12 @@ class Store:
                     pods.pop(key[1], None)
                     if not pods:
                         del self._pods_by_owner[(key[0], owner or "")]
+
+    def clear(self, kind: str) -> None:
+        """Forget every object of ``kind`` (its CRD is gone, and the objects with it: the watch
+        may not say so object by object)."""
+        with self._lock:
+            self._objects[kind].clear()
 
     def get(self, kind: str, key: Key) -> Obj | None:
         with self._lock:

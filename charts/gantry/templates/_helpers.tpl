@@ -125,6 +125,10 @@ runtime pods only through it (docs/security.md). */ -}}
 {{- if .Values.runtime.image.repository -}}
 {{- $_ := set $runtime "image" (include "gantry.image" (dict "image" .Values.runtime.image "global" .Values.global "default" "")) -}}
 {{- end -}}
-{{- $policy := dict "residency" .Values.residency "networkPolicy" $np "runtime" $runtime -}}
+{{- $pool := dict "enabled" .Values.inferencePool.enabled -}}
+{{- if .Values.inferencePool.endpointPicker.name -}}
+{{- $_ := set $pool "endpointPicker" .Values.inferencePool.endpointPicker -}}
+{{- end -}}
+{{- $policy := dict "residency" .Values.residency "networkPolicy" $np "inferencePool" $pool "runtime" $runtime -}}
 {{- toYaml $policy -}}
 {{- end -}}

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from gantry_operator.cluster_policy import NetworkPolicySettings
+from gantry_operator.cluster_policy import InferencePoolSettings, NetworkPolicySettings
 from gantry_operator.manifests.common import Owner, labels, selector_labels
 from gantry_operator.manifests.deployment import build_deployment
+from gantry_operator.manifests.inference_pool import build_inference_pool
 from gantry_operator.manifests.launch import launch_spec
 from gantry_operator.manifests.network import build_network_policy
 from gantry_operator.manifests.service import build_pdb, build_service, endpoint
@@ -21,6 +22,7 @@ __all__ = [
     "Owner",
     "build_all",
     "build_deployment",
+    "build_inference_pool",
     "build_network_policy",
     "build_pdb",
     "build_service",
@@ -37,13 +39,18 @@ def build_all(
     *,
     owner: Owner,
     network: NetworkPolicySettings | None = None,
+    inference_pool: InferencePoolSettings | None = None,
 ) -> list[dict[str, Any]]:
     """Every child object, in apply order. The PDB exists only with more than one replica, the
-    NetworkPolicy only when the cluster policy asks for it (and before the pods exist)."""
+    NetworkPolicy only when the cluster policy asks for it (and before the pods exist), the
+    InferencePool only when the policy asks for it (the reconcile leaves it out while its CRD
+    is not established)."""
     objects = []
     if network is not None and network.enabled:
         objects.append(build_network_policy(spec, owner=owner, settings=network))
     objects += [build_deployment(spec, plan, owner=owner), build_service(spec, owner=owner)]
     if spec.replicas > 1:
         objects.append(build_pdb(spec, owner=owner))
+    if inference_pool is not None and inference_pool.enabled:
+        objects.append(build_inference_pool(spec, owner=owner, settings=inference_pool))
     return objects

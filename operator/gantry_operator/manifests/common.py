@@ -10,6 +10,9 @@ from gantry_operator.spec import API_VERSION, KIND, ModelDeploymentSpec
 MANAGED_BY = "gantry"
 MD_LABEL = "gantry.dev/model-deployment"
 COMPONENT_RUNTIME = "runtime"
+#: On the runtime pods that answer requests (every pod of a single-node replica; a multi-node
+#: group's leader only): what InferencePools and gateways select.
+SERVING_LABEL = "gantry.dev/serving"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,13 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from gantry_operator.manifests.common import COMPONENT_RUNTIME, Owner, metadata, selector_labels
+from gantry_operator.manifests.common import (
+    COMPONENT_RUNTIME,
+    SERVING_LABEL,
+    Owner,
+    metadata,
+    selector_labels,
+)
 from gantry_operator.manifests.launch import CACHE_DIR, build_env, launch_spec
 from gantry_operator.planner import Plan
 from gantry_operator.spec import MODEL_MOUNT, ModelDeploymentSpec
@@ -180,7 +186,7 @@ def build_deployment(spec: ModelDeploymentSpec, plan: Plan, *, owner: Owner) -> 
             "progressDeadlineSeconds": max(600, 3 * plan.expected_load_seconds) + 300,
             "template": {
                 "metadata": {
-                    "labels": dict(meta["labels"]),
+                    "labels": dict(sorted({**meta["labels"], SERVING_LABEL: "true"}.items())),
                     "annotations": {"kubectl.kubernetes.io/default-container": COMPONENT_RUNTIME},
                 },
                 "spec": pod_spec,
