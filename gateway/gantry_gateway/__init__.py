@@ -1,0 +1,1 @@
+"""gantry-gateway: one OpenAI-compatible endpoint for every ModelDeployment in its scope."""

@@ -1,0 +1,117 @@
+"""``gantry-gateway``: parse the command line once, start the watches, serve the API and the
+metrics until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gantry_gateway import kube
+from gantry_gateway.audit import AuditLog
+from gantry_gateway.config import GatewayConfig, parse_args
+from gantry_gateway.limits import Limiter
+from gantry_gateway.metrics import Metrics
+from gantry_gateway.proxy import Handler, Services, api_app, metrics_app
+from gantry_gateway.state import State
+from gantry_gateway.tenants import TENANT_LABEL
+from gantry_gateway.view import RUNTIME_SELECTOR, ModelEntry
+
+log = logging.getLogger("gantry_gateway")
+
+
+def sources(config: GatewayConfig) -> list[kube.Source]:
+    namespaces = config.namespaces or ("",)
+    found = [kube.Source("ModelDeployment", ns) for ns in namespaces]
+    found += [kube.Source("Pod", ns, RUNTIME_SELECTOR) for ns in namespaces]
+    found.append(kube.Source("Secret", config.tenant_namespace, TENANT_LABEL))
+    if config.peer_selector:
+        found.append(kube.Source("Peer", config.tenant_namespace, config.peer_selector))
+    return found
+
+
+async def serve(config: GatewayConfig) -> None:
+    loop = asyncio.get_running_loop()
+    api = kube.api_client(config.kubeconfig)
+    state = State(upstream_port=config.upstream_port)
+    metrics = Metrics()
+    audit = AuditLog(config.audit_log, config.audit_include_content)
+    stop = threading.Event()
+
+    def on_reset(source: kube.Source, items: list[dict[str, Any]]) -> None:
+        loop.call_soon_threadsafe(state.reset, source.kind, source.namespace, items)
+
+    def on_event(source: kube.Source, type_: str, obj: dict[str, Any]) -> None:
+        loop.call_soon_threadsafe(state.event, source.kind, type_, obj)
+
+    def wake(entry: ModelEntry) -> None:
+        async def scale() -> None:
+            try:
+                done = await loop.run_in_executor(
+                    None, kube.scale_from_zero, api, entry.namespace, entry.name
+                )
+            except Exception as exc:
+                log.error("Failed to scale %s/%s from zero: %s", entry.namespace, entry.name, exc)
+                return
+            if done:
+                log.info("Scaled ModelDeployment %s/%s from 0 to 1", entry.namespace, entry.name)
+
+        tasks.add(task := loop.create_task(scale()))
+        task.add_done_callback(tasks.discard)
+
+    tasks: set[asyncio.Task[None]] = set()
+    streams = [kube.WatchStream(api, s, on_reset, on_event, stop) for s in sources(config)]
+    for stream in streams:
+        stream.start()
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, enable_cleanup_closed=True)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_seconds)
+    async with aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
+    ) as session:
+        services = Services(config, state, Limiter(), metrics, audit, session, wake)
+        expected = {f"{s.kind}/{s.namespace}" for s in sources(config)}
+        handler = Handler(services, expected)
+        runners = [
+            web.AppRunner(
+                api_app(handler, config.max_body_bytes),
+                handler_cancellation=True,
+                access_log=None,
+            ),
+            web.AppRunner(metrics_app(metrics), access_log=None),
+        ]
+        for runner, port in zip(runners, (config.port, config.metrics_port), strict=True):
+            await runner.setup()
+            await web.TCPSite(runner, config.host, port, backlog=1024).start()
+        log.info(
+            "Serving the OpenAI API on %s:%d, metrics on :%d, namespaces %s",
+            config.host,
+            config.port,
+            config.metrics_port,
+            ", ".join(config.namespaces) or "(all)",
+        )
+        done = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, done.set)
+        await done.wait()
+        log.info("Stopping: draining requests in flight")
+        stop.set()
+        for runner in runners:
+            await runner.cleanup()
+    audit.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse_args(argv)
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(serve(config))
