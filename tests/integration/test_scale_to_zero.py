@@ -1,0 +1,193 @@
+"""Scale to zero against the real gantry-gateway: a ModelDeployment with ``minReplicas: 0``
+stays up while no gateway reports on it (missing data is never idle), and goes to zero replicas
+once a gateway pod's metrics show no traffic for ``scaleToZeroAfterSeconds``.
+
+The gateway is a Pod in the operator's gateway namespace (``gantry-system``, the default of
+``--gateway-namespace``) with the label ``app.kubernetes.io/component=gateway``; kwok gives it a
+loopback pod IP, and the real ``gantry-gateway`` process (``python -m gantry_gateway``) listens
+there, its metrics on port 9091 as in a cluster. The operator finds the pod through its watch
+and scrapes it like any runtime pod.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from localcluster import nodes
+from localcluster.cluster import LocalCluster, free_ports
+from localcluster.operator_process import ROOT
+from localcluster.polling import wait_for
+from tests.integration.conftest import SETTLE, Namespace
+
+pytestmark = pytest.mark.integration
+
+GATEWAY_NAMESPACE = "gantry-system"
+METRICS_PORT = 9091
+NAME = "idle"
+WINDOW = 10  # scaleToZeroAfterSeconds (the CRD's minimum)
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def manifest() -> dict[str, Any]:
+    md: dict[str, Any] = yaml.safe_load(
+        (ROOT / "deploy" / "examples" / "gpt-oss-20b.yaml").read_text()
+    )
+    md["metadata"]["name"] = NAME
+    md["spec"]["replicas"] = 1
+    md["spec"]["autoscaling"] = {
+        "enabled": True,
+        "minReplicas": 0,
+        "maxReplicas": 1,
+        "scaleToZeroAfterSeconds": WINDOW,
+    }
+    return md
+
+
+def gateway_pod(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": GATEWAY_NAMESPACE,
+            "labels": {
+                "app.kubernetes.io/name": "gantry-gateway",
+                "app.kubernetes.io/component": "gateway",
+            },
+        },
+        "spec": {
+            "containers": [{"name": "gateway", "image": "gantry-gateway:test"}],
+            "tolerations": [dict(nodes.GPU_TOLERATION)],
+        },
+    }
+
+
+class Gateway:
+    """The real gantry-gateway process, listening on its pod's IP."""
+
+    def __init__(self, cluster: LocalCluster, ip: str, state_dir: Path) -> None:
+        (self.port,) = free_ports(1)
+        self.ip = ip
+        self.log_path = state_dir / "gateway.log"
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "gantry_gateway", f"--host={ip}", f"--port={self.port}",
+                f"--metrics-port={METRICS_PORT}", f"--kubeconfig={cluster.kubeconfig}",
+                f"--audit-log={state_dir / 'audit.jsonl'}",
+            ],
+            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        wait_for(self.ready, 60, f"gateway did not become ready; see {self.log_path}")
+
+    def ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"gateway exited: {self.log_path.read_text()[-2000:]}")
+        try:
+            with _DIRECT.open(f"http://{self.ip}:{self.port}/readyz", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        url = f"http://{self.ip}:{METRICS_PORT}/metrics"
+        with _DIRECT.open(url, timeout=2) as response:
+            return str(response.read().decode())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+@pytest.fixture
+def gateway(cluster: LocalCluster, tmp_path: Path) -> Iterator[Gateway]:
+    name = f"gantry-gateway-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", GATEWAY_NAMESPACE, check=False)
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(gateway_pod(name)))
+
+    def running() -> str | None:
+        pod = cluster.kubectl_json("get", "pod", name, "-n", GATEWAY_NAMESPACE)
+        status = pod.get("status") or {}
+        return status.get("podIP") if status.get("phase") == "Running" else None
+
+    ip = wait_for(running, SETTLE, f"gateway pod {name} not Running with an IP")
+    process = Gateway(cluster, str(ip), tmp_path)
+    try:
+        yield process
+    finally:
+        process.stop()
+        cluster.kubectl("delete", "pod", name, "-n", GATEWAY_NAMESPACE, "--wait=false", check=False)
+
+
+def autoscaler(ns: Namespace) -> dict[str, Any]:
+    return dict((ns.get("md", NAME) or {}).get("status", {}).get("autoscaler") or {})
+
+
+def test_an_idle_model_goes_to_zero_only_on_the_gateways_word(
+    cluster: LocalCluster, ns: Namespace, request: pytest.FixtureRequest
+) -> None:
+    assert ns.apply(manifest()).returncode == 0
+    ns.wait_condition(NAME, "Ready", "True", "AllReplicasReady")
+
+    # No gateway pod: nothing is known about the model's traffic, so it is never idle.
+    leftover = cluster.kubectl(
+        "get", "pods", "-n", GATEWAY_NAMESPACE, "-l", "app.kubernetes.io/component=gateway",
+        "-o", "name", check=False,
+    ).stdout.strip()  # fmt: skip
+    assert not leftover, f"gateway pods left over in {GATEWAY_NAMESPACE}: {leftover}"
+    wait_for(
+        lambda: "not scaling to zero: no gateway pod" in autoscaler(ns).get("reason", ""),
+        SETTLE,
+        "status.autoscaler.reason names the missing gateway",
+    )
+    time.sleep(WINDOW + 5)
+    assert ns.get("md", NAME)["spec"]["replicas"] == 1
+    assert "idleSince" not in autoscaler(ns)
+
+    # The real gateway, reporting no traffic for the model: after the window, zero replicas.
+    gateway: Gateway = request.getfixturevalue("gateway")
+    assert "gantry_gateway_held_requests" in gateway.metrics()
+    began = time.monotonic()
+    since = wait_for(lambda: autoscaler(ns).get("idleSince"), SETTLE, "status.autoscaler.idleSince")
+    assert since
+    wait_for(lambda: ns.get("md", NAME)["spec"]["replicas"] == 0, SETTLE, "scaled to zero")
+    waited = time.monotonic() - began
+    assert waited >= WINDOW, f"went to zero after {waited:.1f}s, before the {WINDOW}s window"
+    wait_for(lambda: autoscaler(ns).get("desiredReplicas") == 0, SETTLE, "status written")
+    record = autoscaler(ns)
+    assert "scaled to zero" in record["reason"]
+    assert "no requests through the gateway" in record["reason"]
+    wait_for(
+        lambda: (ns.get("deployment", NAME) or {}).get("spec", {}).get("replicas") == 0,
+        SETTLE,
+        "the Deployment follows to zero",
+    )
+    wait_for(
+        lambda: not ns.items("pods", f"gantry.dev/model-deployment={NAME}"),
+        SETTLE,
+        "no runtime pod left",
+    )
+    # At zero, without held requests, it stays there.
+    time.sleep(3)
+    assert ns.get("md", NAME)["spec"]["replicas"] == 0
+    assert autoscaler(ns)["lastScaleTime"] == record["lastScaleTime"]
