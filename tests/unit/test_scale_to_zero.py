@@ -4,12 +4,22 @@ names and labels the gateway exports (docs/autoscaling.md)."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import Mapping
 
+import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from gantry_operator.autoscaling.loop import GatewayScrape, parse_gateway_metrics
+from gantry_gateway.metrics import Metrics
+from gantry_operator.autoscaling.loop import (
+    GatewayScrape,
+    ScrapeError,
+    parse_gateway_metrics,
+    scrape_gateway,
+)
 from gantry_operator.autoscaling.policy import (
     GatewayView,
     Idle,
@@ -18,6 +28,7 @@ from gantry_operator.autoscaling.policy import (
     decide_with_zero,
     observe_idle,
 )
+from gantry_operator.config import ScrapeLimits
 from gantry_operator.spec import Autoscaling
 
 AUTO = Autoscaling(
@@ -206,3 +217,56 @@ def test_views_over_gateway_pods() -> None:
     assert not none.complete
     assert "no gateway pod" in none.problem
     assert "namespace gantry-system" in none.problem
+
+
+def test_the_real_gateway_metrics_module_is_read_per_model() -> None:
+    """The page the gantry-gateway itself writes (its Metrics class), not only our stand-in."""
+    gateway = Metrics()
+    gateway.requests.labels("ns", "md", "team-a", "200").inc(7)
+    gateway.requests.labels("ns", "md", "team-b", "503").inc()
+    gateway.held.labels("ns", "md").set(1)
+    gateway.outstanding.labels("ns", "md").set(2)
+    gateway.ttft.labels("ns", "md").observe(0.1)
+    gateway.rate_limited.labels("team-b", "requests").inc()
+    assert parse_gateway_metrics(generate_latest(gateway.registry).decode()) == {
+        ("ns", "md"): (8.0, 1.0, 2.0)
+    }
+
+
+def test_a_gateway_pod_is_scraped_within_the_runtime_bounds() -> None:
+    """scrape_gateway over real loopback HTTP: the page is read; an endless one is cut at the
+    byte limit, as for a runtime pod."""
+    page = gateway_page({("ns", "md", "t", "200"): 2}, {("ns", "md"): 1})
+
+    async def good(_request: web.Request) -> web.Response:
+        return web.Response(text=page)
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        while True:
+            await response.write(b"gantry_gateway_held_requests 1\n" * 4096)
+
+    async def run(handler: object) -> object:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        app = web.Application()
+        app.router.add_get("/metrics", handler)  # type: ignore[arg-type]
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                limits = ScrapeLimits(max_bytes=64 * 1024, deadline_seconds=2.0)
+                try:
+                    return await scrape_gateway(session, "127.0.0.1", limits, port=port)
+                except ScrapeError as exc:
+                    return exc
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(run(good)) == {("ns", "md"): (2.0, 1.0, 2.0)}
+    cut = asyncio.run(run(endless))
+    assert isinstance(cut, ScrapeError)
+    assert cut.kind == "size"
