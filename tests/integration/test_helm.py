@@ -627,6 +627,7 @@ def test_inference_pools_with_exactly_their_grants(
         test_values,
         sets=["inferencePool.enabled=true", "crds.enabled=false", *NO_PROMETHEUS_OPERATOR],
     )
+    username = release.username()
     try:
         mark = audit_mark(audited.audit_log)
         operator = ChartOperator(release, tmp_path, pod_name="pools-operator-rbac").start()
@@ -662,7 +663,7 @@ def test_inference_pools_with_exactly_their_grants(
         helm("uninstall", "pools", "--namespace=gantry-pools", "--wait", cluster=audited)
         audited.kubectl("delete", "crd", POOL_CRD_NAME, "--wait=false", check=False)
 
-    used, denied = audit_permissions(audited.audit_log, release.username(), mark)
+    used, denied = audit_permissions(audited.audit_log, username, mark)
     assert denied == set(), f"the operator was refused: {sorted(denied)}"
     pool_used = {p for p in used if p.group == "inference.networking.k8s.io"}
     _say(permission_table("inferencePool.enabled: InferencePool calls", pool_used))
