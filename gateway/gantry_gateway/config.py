@@ -18,14 +18,17 @@ class GatewayConfig:
     namespaces: tuple[str, ...] = ()
     #: Where the tenant Secrets (label ``gantry.dev/tenant``) live.
     tenant_namespace: str = "default"
-    #: Pods of this gateway (label selector in ``tenant_namespace``): the Ready ones share the
+    #: Pods of this gateway (label selector in ``peer_namespace``): the Ready ones share the
     #: tenants' limits. Empty: this process enforces the whole limit.
     peer_selector: str = ""
+    peer_namespace: str = "default"
     max_held_per_model: int = 256
     hold_timeout_seconds: float = 900.0
     max_body_bytes: int = 8 * 1024 * 1024
     upstream_port: int = 8000
     connect_timeout_seconds: float = 3.0
+    #: How long to keep trying when every Ready replica refuses connections.
+    connect_retry_seconds: float = 30.0
     audit_log: Path | None = None
     audit_include_content: bool = False
     kubeconfig: Path | None = None
@@ -78,8 +81,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--peer-selector",
         default=d.peer_selector,
-        help="label selector of this gateway's pods in the tenant namespace; the Ready ones "
+        help="label selector of this gateway's pods (in --peer-namespace); the Ready ones "
         "split each tenant's limits evenly (default: none, this process enforces whole limits)",
+    )
+    p.add_argument(
+        "--peer-namespace",
+        default=os.environ.get("POD_NAMESPACE", d.peer_namespace),
+        help="namespace of this gateway's pods (default: $POD_NAMESPACE, else 'default')",
     )
     p.add_argument("--max-held-per-model", type=_positive_int, default=d.max_held_per_model)
     p.add_argument("--hold-timeout-seconds", type=_positive_float, default=d.hold_timeout_seconds)
@@ -87,6 +95,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--upstream-port", type=_port, default=d.upstream_port)
     p.add_argument(
         "--connect-timeout-seconds", type=_positive_float, default=d.connect_timeout_seconds
+    )
+    p.add_argument(
+        "--connect-retry-seconds",
+        type=_positive_float,
+        default=d.connect_retry_seconds,
+        help="keep trying this long when every Ready replica refuses connections (%(default)s)",
     )
     p.add_argument("--audit-log", type=Path, default=None, help="audit JSON lines (default stdout)")
     p.add_argument(
@@ -108,11 +122,13 @@ def parse_args(argv: Sequence[str] | None = None) -> GatewayConfig:
         namespaces=tuple(dict.fromkeys(args.namespace)),
         tenant_namespace=args.tenant_namespace,
         peer_selector=args.peer_selector,
+        peer_namespace=args.peer_namespace,
         max_held_per_model=args.max_held_per_model,
         hold_timeout_seconds=args.hold_timeout_seconds,
         max_body_bytes=args.max_body_bytes,
         upstream_port=args.upstream_port,
         connect_timeout_seconds=args.connect_timeout_seconds,
+        connect_retry_seconds=args.connect_retry_seconds,
         audit_log=args.audit_log,
         audit_include_content=args.audit_include_content,
         kubeconfig=args.kubeconfig,

@@ -135,25 +135,26 @@ class WatchStream(threading.Thread):
                 self.stop.wait(1.0)
 
 
-def scale_from_zero(api: Any, namespace: str, name: str) -> bool:
-    """Set a ModelDeployment's replicas from 0 to 1 through its scale subresource; a JSON
-    patch whose test makes it a no-op when someone else already changed them. True when this
-    call scaled it."""
-    body = [
-        {"op": "test", "path": "/spec/replicas", "value": 0},
-        {"op": "replace", "path": "/spec/replicas", "value": 1},
-    ]
+def scale_from_zero(api: Any, namespace: str, name: str, resource_version: str) -> bool:
+    """Set a ModelDeployment's replicas from 0 to 1 through its scale subresource, on the
+    condition that the object is still at ``resource_version`` (the one seen with 0 replicas):
+    when someone changed it since, the API server answers 409 and nothing is written. True when
+    this call scaled it."""
+    body = {"metadata": {"resourceVersion": resource_version}, "spec": {"replicas": 1}}
     request = api.param_serialize(
         "PATCH",
         f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/scale",
         query_params=[("fieldManager", FIELD_MANAGER)],
-        header_params={"Accept": "application/json", "Content-Type": "application/json-patch+json"},
+        header_params={
+            "Accept": "application/json",
+            "Content-Type": "application/merge-patch+json",
+        },
         body=body,
         auth_settings=["BearerToken"],
     )
     response = api.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
     response.read()
-    if response.status == 422:  # the test failed: replicas are no longer 0
+    if response.status == 409:  # changed since: the watch brings the new replicas
         return False
     if not 200 <= response.status <= 299:
         try:

@@ -32,7 +32,7 @@ def sources(config: GatewayConfig) -> list[kube.Source]:
     found += [kube.Source("Pod", ns, RUNTIME_SELECTOR) for ns in namespaces]
     found.append(kube.Source("Secret", config.tenant_namespace, TENANT_LABEL))
     if config.peer_selector:
-        found.append(kube.Source("Peer", config.tenant_namespace, config.peer_selector))
+        found.append(kube.Source("Peer", config.peer_namespace, config.peer_selector))
     return found
 
 
@@ -54,13 +54,24 @@ async def serve(config: GatewayConfig) -> None:
         async def scale() -> None:
             try:
                 done = await loop.run_in_executor(
-                    None, kube.scale_from_zero, api, entry.namespace, entry.name
+                    None,
+                    kube.scale_from_zero,
+                    api,
+                    entry.namespace,
+                    entry.name,
+                    entry.resource_version,
                 )
             except Exception as exc:
                 log.error("Failed to scale %s/%s from zero: %s", entry.namespace, entry.name, exc)
                 return
             if done:
                 log.info("Scaled ModelDeployment %s/%s from 0 to 1", entry.namespace, entry.name)
+            else:
+                log.info(
+                    "Did not scale ModelDeployment %s/%s: it changed since it was seen at 0",
+                    entry.namespace,
+                    entry.name,
+                )
 
         tasks.add(task := loop.create_task(scale()))
         task.add_done_callback(tasks.discard)

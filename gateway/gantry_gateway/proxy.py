@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses")
 #: Retry-After for 503s other than a hold timeout.
 RETRY_SECONDS = 5
-#: Attempts on distinct replicas when connections fail before the request is sent.
-MAX_ATTEMPTS = 3
+#: Pause before trying replicas again once each has refused a connection.
+CONNECT_RETRY_PAUSE = 0.5
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 FORWARDED_RESPONSE_HEADERS = ("Content-Type",)
 
@@ -107,7 +107,7 @@ class Handler:
 
     # --- inference routes -------------------------------------------------------------------
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
+    async def _body(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
         limit = self.s.config.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise errors.too_large(limit)
@@ -120,7 +120,7 @@ class Handler:
             raise errors.bad_request(f"The request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise errors.bad_request("The request body must be a JSON object.")
-        return body
+        return data, body
 
     async def infer(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
@@ -135,7 +135,7 @@ class Handler:
         try:
             tenant = self.authenticate(request)
             record.tenant = tenant.name
-            body = await self._body(request)
+            raw, body = await self._body(request)
             model = body.get("model")
             if not isinstance(model, str) or not model:
                 raise errors.bad_request("Set 'model' to a model name from /v1/models.", "model")
@@ -171,7 +171,7 @@ class Handler:
                 )
             if self.s.config.audit_include_content:
                 record.prompt = request_content(body)
-            response = await self.forward(request, entry, tenant, body, record, started)
+            response = await self.forward(request, entry, tenant, raw, body, record, started)
         except GatewayError as exc:
             record.status, record.error = exc.status, exc.code
             response = web.Response(status=exc.status, body=exc.body(), headers=exc.headers())
@@ -179,6 +179,11 @@ class Handler:
             record.status, record.error = 499, "client_disconnected"
             self._finish(record, entry, started)
             raise
+        except Exception:
+            log.exception("Request %s failed", record.request_id)
+            failure = GatewayError(500, "The gateway failed; see its log.", "server_error")
+            record.status, record.error = 500, "internal_error"
+            response = web.Response(status=500, body=failure.body(), headers=failure.headers())
         self._finish(record, entry, started)
         return response
 
@@ -229,15 +234,16 @@ class Handler:
         request: web.Request,
         entry: ModelEntry,
         tenant: Tenant,
+        raw: bytes,
         body: dict[str, Any],
         record: AuditRecord,
         started: float,
     ) -> web.StreamResponse:
         state, metrics = self.s.state, self.s.metrics
         ns, md = _labels(entry)
-        payload = json.dumps(body).encode()
         headers = {"Content-Type": "application/json", "X-Request-Id": record.request_id}
         tried: set[str] = set()
+        first_refusal = 0.0
         replica = await self._replica(entry, body)
         gauge = metrics.outstanding.labels(ns, md)
         while True:
@@ -247,23 +253,39 @@ class Handler:
             gauge.inc()
             try:
                 upstream = await self.s.session.post(
-                    f"http://{replica.address}{request.path}", data=payload, headers=headers
+                    f"http://{replica.address}{request.path}", data=raw, headers=headers
                 )
-            except (aiohttp.ClientConnectorError, ConnectionRefusedError) as exc:
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 state.end(replica)
                 gauge.dec()
                 nxt = state.pick(entry, body, frozenset(tried))
-                if nxt is None or len(tried) >= MAX_ATTEMPTS:
-                    raise errors.unavailable(
-                        f"Could not connect to a replica of model '{entry.served_name}' "
-                        f"(last: pod {replica.pod}: {exc.strerror or exc}).",
-                        RETRY_SECONDS,
-                        code="replica_unreachable",
-                    ) from None
+                if nxt is None:
+                    # Every Ready replica refused: a pod marked Ready before its server
+                    # listens, or replicas that just died. Try again for a while.
+                    now = time.monotonic()
+                    first_refusal = first_refusal or now
+                    if now - first_refusal >= self.s.config.connect_retry_seconds:
+                        raise errors.unavailable(
+                            f"Could not connect to a replica of model '{entry.served_name}' "
+                            f"for {self.s.config.connect_retry_seconds:g} s "
+                            f"(last: pod {replica.pod}: {exc}).",
+                            RETRY_SECONDS,
+                            code="replica_unreachable",
+                        ) from None
+                    await asyncio.sleep(CONNECT_RETRY_PAUSE)
+                    tried.clear()
+                    nxt = await self._replica(entry, body)
                 metrics.retries.labels(ns, md).inc()
                 record.retries += 1
                 replica = nxt
                 continue
+            except aiohttp.ClientError as exc:  # sent, then the replica failed: not retried
+                state.end(replica)
+                gauge.dec()
+                raise errors.upstream_failed(
+                    f"Replica pod {replica.pod} failed before answering ({exc.__class__.__name__}"
+                    "); not retried because it may have processed the request."
+                ) from None
             except BaseException:
                 state.end(replica)
                 gauge.dec()
@@ -312,26 +334,35 @@ class Handler:
         await response.prepare(request)
         scanner = usage.StreamScanner()
         content: list[bytes] = []
+        chunks = upstream.content.iter_any()
         try:
-            async for chunk in upstream.content.iter_any():
+            while True:
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except aiohttp.ClientError as exc:
+                    record.status, record.error = 502, "upstream_error"
+                    message = (
+                        f"Replica pod {replica.pod} failed during the stream "
+                        f"({exc.__class__.__name__}); the response is incomplete."
+                    )
+                    event = errors.error_body(message, "server_error", "upstream_error")
+                    await response.write(b"data: " + event + b"\n\n")
+                    break
                 if record.ttft_seconds is None:
                     record.ttft_seconds = time.monotonic() - started
                 scanner.feed(chunk)
                 if self.s.config.audit_include_content:
                     content.append(chunk)
                 await response.write(chunk)
-        except aiohttp.ClientError as exc:
-            record.status, record.error = 502, "upstream_error"
-            message = (
-                f"Replica pod {replica.pod} failed during the stream ({exc.__class__.__name__}); "
-                "the response is incomplete."
-            )
-            event = errors.error_body(message, "server_error", "upstream_error")
-            await response.write(b"data: " + event + b"\n\n")
-        self._account(record, tenant, scanner.result(body))
-        if content:
-            record.completion = b"".join(content).decode(errors="replace")
-        await response.write_eof()
+            await response.write_eof()
+        except ConnectionResetError:  # the client went away (aiohttp's write error)
+            record.status, record.error = 499, "client_disconnected"
+        finally:
+            self._account(record, tenant, scanner.result(body))
+            if content:
+                record.completion = b"".join(content).decode(errors="replace")
         return response
 
     def _account(self, record: AuditRecord, tenant: Tenant, used: usage.Usage | None) -> None:

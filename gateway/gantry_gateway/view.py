@@ -39,6 +39,7 @@ class ModelEntry:
     strategy: Strategy
     prefix_tokens: int
     created: str
+    resource_version: str = ""
 
     @property
     def key(self) -> ModelKey:
@@ -102,6 +103,7 @@ def parse_model_deployment(obj: Mapping[str, Any]) -> ModelEntry:
         strategy=strategy,
         prefix_tokens=prefix,
         created=str(meta.get("creationTimestamp", "")),
+        resource_version=str(meta.get("resourceVersion", "")),
     )
 
 

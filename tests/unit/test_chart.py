@@ -64,7 +64,7 @@ def test_values_yaml_and_schema_name_the_same_keys() -> None:
 #: values.yaml keys whose children are Kubernetes API fields (documented by the API itself).
 _API_OBJECTS = re.compile(
     r"^(podSecurityContext|securityContext|resources|livenessProbe|readinessProbe"
-    r"|operatorNetworkPolicy\.dns\.to)\."
+    r"|operatorNetworkPolicy\.dns\.to|gateway\.resources)\."
 )
 
 

@@ -132,3 +132,40 @@ runtime pods only through it (docs/security.md). */ -}}
 {{- $policy := dict "residency" .Values.residency "networkPolicy" $np "inferencePool" $pool "runtime" $runtime -}}
 {{- toYaml $policy -}}
 {{- end -}}
+
+{{/* The gateway's objects: "<fullname>-gateway". */}}
+{{- define "gantry.gatewayName" -}}
+{{- printf "%s-gateway" (include "gantry.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The gateway pods' selector (the operator's autoscaler finds them by the component). */}}
+{{- define "gantry.gatewaySelectorLabels" -}}
+{{ include "gantry.selectorLabels" . }}
+app.kubernetes.io/component: gateway
+{{- end -}}
+
+{{/* Namespaces the gateway serves: gateway.namespaces, else watch.namespaces (empty: all). */}}
+{{- define "gantry.gatewayNamespaces" -}}
+{{- default .Values.watch.namespaces .Values.gateway.namespaces | uniq | sortAlpha | toJson -}}
+{{- end -}}
+
+{{/* Namespace of the tenant Secrets. */}}
+{{- define "gantry.tenantNamespace" -}}
+{{- default .Release.Namespace .Values.gateway.tenantNamespace -}}
+{{- end -}}
+
+{{/* The gateway's rules where it serves models (a ClusterRole, or a Role per namespace). */}}
+{{- define "gantry.gatewayRules" -}}
+# ModelDeployments: served name, replicas and routing, from a watch.
+- apiGroups: [gantry.dev]
+  resources: [modeldeployments]
+  verbs: [list, watch]
+# Scale from zero: replicas 0 -> 1 through the scale subresource.
+- apiGroups: [gantry.dev]
+  resources: [modeldeployments/scale]
+  verbs: [patch]
+# Runtime pods: Ready ones and their addresses, from a watch.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+{{- end -}}

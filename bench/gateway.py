@@ -1,0 +1,362 @@
+"""The gateway's overhead, throughput and behaviour when a replica goes away, side by side with
+requests sent straight to the same simulator pods, in one run.
+
+    python bench/gateway.py                  # the figures in docs/gateway.md
+    python bench/gateway.py --clients 200 --seconds 15 --replicas 3
+
+Not a test: a benchmark that prints figures. On the local control plane (localcluster), the
+operator runs one gpt-oss-20b ModelDeployment with ``--replicas`` runtime pods, each answered
+by a vLLM simulator process on its pod IP (the process runner); one ``gantry-gateway`` process
+routes to them (least outstanding). The load generator is aiohttp in this process; everything
+shares the machine's cores, so the gateway's figures include that contention.
+
+ttft        ``--clients`` concurrent streaming clients in a closed loop for ``--seconds``:
+            time to first token (the first SSE event with text) at p50 and p99, direct
+            (clients round-robin over the pod IPs, as kube-proxy would spread them) and through
+            the gateway, alternated twice (direct, gateway, direct, gateway) so drift shows.
+throughput  ``--rps-clients`` concurrent non-streaming clients (``max_tokens`` 1) for
+            ``--seconds``: requests per second answered, direct and through the gateway.
+deletion    ``--delete-clients`` clients send non-streaming requests of about a second through
+            the gateway; after a third of the run one runtime pod is deleted (grace period 1 s).
+            Every request gets exactly one outcome: answered, or failed with an error naming
+            the pod; the audit log shows each request id once, and no request sent after the
+            watch saw the pod go is routed to it.
+service     the same ttft load through a plain Kubernetes Service needs kube-proxy, which
+            this local cluster does not run (see docs/gateway.md); reported as not measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from localcluster import build, nodes  # noqa: E402
+from localcluster.cluster import LocalCluster  # noqa: E402
+from localcluster.gateway_process import GatewayProcess  # noqa: E402
+from localcluster.log import sayer  # noqa: E402
+from localcluster.operator_process import CRD, OperatorProcess  # noqa: E402
+from localcluster.polling import wait_for  # noqa: E402
+from localcluster.runner import ProcessRunner  # noqa: E402
+
+NAMESPACE = "bench"
+NAME = "bench-model"
+SERVED = "bench-model"
+TENANT_NS = "gantry-gateway"
+KEY = "sk-bench-" + uuid.uuid4().hex
+#: The simulator decodes 200 tokens/s per sequence; 256 sequences fit in one batch.
+SIM_ENV = {"GANTRY_SIM_DECODE_TOKENS_PER_S": "200", "GANTRY_SIM_STARTUP_DELAY_S": "0.5"}
+MAX_NUM_SEQS = 256
+
+say = sayer("bench-gateway")
+
+
+def manifest(replicas: int) -> dict[str, Any]:
+    md: dict[str, Any] = yaml.safe_load((ROOT / "deploy/examples/gpt-oss-20b.yaml").read_text())
+    md["metadata"] = {"name": NAME, "namespace": NAMESPACE}
+    md["spec"]["replicas"] = replicas
+    md["spec"]["model"]["servedName"] = SERVED
+    md["spec"]["serving"]["maxNumSeqs"] = MAX_NUM_SEQS
+    md["spec"]["serving"]["env"] = [{"name": k, "value": v} for k, v in SIM_ENV.items()]
+    return md
+
+
+def tenant_secret() -> dict[str, Any]:
+    data = {"apiKey": KEY, "models": "*"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": "bench",
+            "namespace": TENANT_NS,
+            "labels": {"gantry.dev/tenant": "bench"},
+        },
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+
+
+def ready_pods(cluster: LocalCluster) -> dict[str, str]:
+    """name -> podIP of the Ready, non-terminating runtime pods."""
+    selector = f"gantry.dev/model-deployment={NAME}"
+    result = cluster.kubectl("-n", NAMESPACE, "get", "pods", "-l", selector, "-o", "json")
+    found = {}
+    for pod in json.loads(result.stdout)["items"]:
+        conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions") or []}
+        serving = conditions.get("Ready") == "True" and pod["status"].get("podIP")
+        if serving and not pod["metadata"].get("deletionTimestamp"):
+            found[pod["metadata"]["name"]] = pod["status"]["podIP"]
+    return found
+
+
+# -- load ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    request_id: str
+    ok: bool
+    ttft: float | None = None
+    error: str = ""
+    started: float = 0.0
+
+
+@dataclass
+class Run:
+    outcomes: list[Outcome] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def ttfts(self) -> list[float]:
+        return sorted(o.ttft for o in self.outcomes if o.ok and o.ttft is not None)
+
+    def rate(self) -> float:
+        return sum(o.ok for o in self.outcomes) / self.seconds
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+async def one(
+    session: aiohttp.ClientSession, url: str, stream: bool, max_tokens: int, prompt: str
+) -> Outcome:
+    request_id = uuid.uuid4().hex
+    body = {
+        "model": SERVED,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    }
+    headers = {"Authorization": f"Bearer {KEY}", "X-Request-Id": request_id}
+    started = time.monotonic()
+    outcome = Outcome(request_id, ok=False, started=started)
+    try:
+        async with session.post(url, json=body, headers=headers) as response:
+            if not stream:
+                data = await response.read()
+                outcome.ok = response.status == 200
+                if not outcome.ok:
+                    outcome.error = f"{response.status} {data[:300]!r}"
+                return outcome
+            async for line in response.content:
+                if line.startswith(b"data: {") and outcome.ttft is None and b'"content"' in line:
+                    outcome.ttft = time.monotonic() - started
+                if b'"error"' in line:
+                    outcome.error = line.decode(errors="replace").strip()[:300]
+            outcome.ok = response.status == 200 and not outcome.error
+            if response.status != 200:
+                outcome.error = f"{response.status}"
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        outcome.error = f"{exc.__class__.__name__}: {exc}"
+    return outcome
+
+
+async def closed_loop(
+    urls: list[str], clients: int, seconds: float, stream: bool, max_tokens: int
+) -> Run:
+    run = Run()
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        deadline = time.monotonic() + seconds
+
+        async def client(i: int) -> None:
+            n = 0
+            while time.monotonic() < deadline:
+                url = urls[(i + n) % len(urls)]
+                n += 1
+                run.outcomes.append(await one(session, url, stream, max_tokens, f"Hi {i} {n}"))
+
+        started = time.monotonic()
+        await asyncio.gather(*(client(i) for i in range(clients)))
+        run.seconds = time.monotonic() - started
+    return run
+
+
+# -- the bed ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def bed(replicas: int, state: Path) -> Iterator[tuple[LocalCluster, GatewayProcess]]:
+    build.ensure_built()
+    with LocalCluster(state / "cluster", log=say) as cluster:
+        nodes.create(cluster)
+        cluster.kubectl("apply", "--server-side", "-f", str(CRD))
+        cluster.wait_established("modeldeployments.gantry.dev")
+        for ns in (NAMESPACE, TENANT_NS):
+            cluster.kubectl("create", "namespace", ns)
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(tenant_secret()))
+        operator = OperatorProcess(cluster.kubeconfig, state / "operator.log").start()
+        try:
+            with (
+                ProcessRunner(cluster.kubeconfig, state / "runtime", namespaces=[NAMESPACE]),
+                GatewayProcess(
+                    cluster.kubeconfig,
+                    state / "gateway",
+                    extra_args=(f"--tenant-namespace={TENANT_NS}", "--log-level=WARNING"),
+                ) as gateway,
+            ):
+                cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest(replicas)))
+                yield cluster, gateway
+        finally:
+            operator.stop()
+
+
+def wait_serving(cluster: LocalCluster, gateway: GatewayProcess, replicas: int) -> dict[str, str]:
+    pods = wait_for(
+        lambda: (p := ready_pods(cluster)) and len(p) == replicas and p,
+        180,
+        f"{replicas} Ready runtime pods",
+    )
+
+    async def all_answer() -> bool:
+        urls = [f"http://{ip}:8000/v1/chat/completions" for ip in pods.values()]
+        urls.append(f"{gateway.base_url}/chat/completions")
+        async with aiohttp.ClientSession() as session:
+            results = [await one(session, u, False, 1, "ping") for u in urls]
+        return all(r.ok for r in results)
+
+    wait_for(lambda: asyncio.run(all_answer()), 120, "every pod and the gateway answer")
+    return pods
+
+
+def deletion(
+    cluster: LocalCluster, gateway: GatewayProcess, clients: int, seconds: float
+) -> dict[str, Any]:
+    pods = ready_pods(cluster)
+    victim = sorted(pods)[0]
+    url = f"{gateway.base_url}/chat/completions"
+    deleted_at: list[float] = []
+
+    async def scenario() -> Run:
+        load = asyncio.create_task(closed_loop([url], clients, seconds, False, 200))
+        await asyncio.sleep(seconds / 3)
+        deleted_at.append(time.monotonic())
+        await asyncio.to_thread(
+            cluster.kubectl, "-n", NAMESPACE, "delete", "pod", victim, "--grace-period=1",
+            "--wait=false",
+        )  # fmt: skip
+        return await load
+
+    audit_before = len(gateway.audit_path.read_text().splitlines())
+    run = asyncio.run(scenario())
+    time.sleep(1)
+    lines = [json.loads(x) for x in gateway.audit_path.read_text().splitlines()[audit_before:]]
+    by_id = Counter(line["request_id"] for line in lines)
+    mine = {o.request_id for o in run.outcomes}
+    audited = [line for line in lines if line["request_id"] in mine]
+    failed = [o for o in run.outcomes if not o.ok]
+    failed_ids = {o.request_id for o in failed}
+    failed_on_victim = [
+        a for a in audited if a["request_id"] in failed_ids and a["replica"] == victim
+    ]
+    started = {o.request_id: o.started for o in run.outcomes}
+    return {
+        "victim": victim,
+        "issued": len(run.outcomes),
+        "answered": sum(o.ok for o in run.outcomes),
+        "failed": len(failed),
+        "failed_on_victim": len(failed_on_victim),
+        "errors": Counter(o.error.split(":")[0][:80] for o in failed).most_common(3),
+        "audited": len(audited),
+        "duplicates": sum(1 for rid in mine if by_id.get(rid, 0) > 1),
+        "missing_from_audit": len(mine - set(by_id)),
+        # Sent 2 s after the delete call (the watch has seen the pod terminating by then).
+        "to_victim_after": sum(
+            1
+            for a in audited
+            if a["replica"] == victim and started[a["request_id"]] > deleted_at[0] + 2.0
+        ),
+        "retries": sum(a["retries"] for a in audited),
+        "sample_error": failed[0].error if failed else "",
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=200, help="streaming clients (ttft)")
+    parser.add_argument("--rps-clients", type=int, default=64, help="clients (throughput)")
+    parser.add_argument("--delete-clients", type=int, default=30)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    args = parser.parse_args()
+    with (
+        tempfile.TemporaryDirectory(prefix="gantry-bench-gw-") as tmp,
+        bed(args.replicas, Path(tmp)) as (cluster, gateway),
+    ):
+        pods = wait_serving(cluster, gateway, args.replicas)
+        direct = [f"http://{ip}:8000/v1/chat/completions" for ip in pods.values()]
+        through = [f"{gateway.base_url}/chat/completions"]
+        say("warm-up")
+        asyncio.run(closed_loop(through, 20, 3, True, 16))
+        asyncio.run(closed_loop(direct, 20, 3, True, 16))
+        ttft: dict[str, list[Run]] = {"direct": [], "gateway": []}
+        for _ in range(2):
+            for label, urls in (("direct", direct), ("gateway", through)):
+                say(f"ttft: {args.clients} streaming clients, {label}")
+                ttft[label].append(
+                    asyncio.run(closed_loop(urls, args.clients, args.seconds, True, 16))
+                )
+        rps: dict[str, Run] = {}
+        for label, urls in (("direct", direct), ("gateway", through)):
+            say(f"throughput: {args.rps_clients} clients, {label}")
+            rps[label] = asyncio.run(closed_loop(urls, args.rps_clients, args.seconds, False, 1))
+        say(f"deletion: {args.delete_clients} clients, one pod deleted mid-run")
+        gone = deletion(cluster, gateway, args.delete_clients, args.seconds)
+
+    print(f"\ngateway benchmark: {args.replicas} simulator replicas, one gantry-gateway process")
+    print(f"  ttft, {args.clients} streaming clients ({args.seconds:.0f} s each)")
+    print("                   p50 ms    p99 ms   requests  errors")
+    for label in ("direct", "gateway"):
+        for i, run in enumerate(ttft[label]):
+            values = run.ttfts()
+            errors = sum(not o.ok for o in run.outcomes)
+            print(
+                f"  {label:8} run {i + 1}  {percentile(values, 0.5) * 1000:7.1f}  "
+                f"{percentile(values, 0.99) * 1000:8.1f}  {len(run.outcomes):9d}  {errors:6d}"
+            )
+    d50 = statistics.median(percentile(r.ttfts(), 0.5) for r in ttft["direct"])
+    g50 = statistics.median(percentile(r.ttfts(), 0.5) for r in ttft["gateway"])
+    d99 = statistics.median(percentile(r.ttfts(), 0.99) for r in ttft["direct"])
+    g99 = statistics.median(percentile(r.ttfts(), 0.99) for r in ttft["gateway"])
+    print(f"  added by the gateway: p50 {(g50 - d50) * 1000:+.1f} ms (target <= 2), "
+          f"p99 {(g99 - d99) * 1000:+.1f} ms (target <= 10)")  # fmt: skip
+    print(f"  throughput, {args.rps_clients} non-streaming clients, max_tokens 1")
+    for label in ("direct", "gateway"):
+        run = rps[label]
+        errors = sum(not o.ok for o in run.outcomes)
+        print(f"  {label:8}  {run.rate():8.0f} requests/s  ({errors} errors)")
+    print("  (target >= 1000 requests/s through one gateway process)")
+    print(f"  replica deleted mid-run ({args.delete_clients} clients): {gone['victim']}")
+    for k in ("issued", "answered", "failed", "failed_on_victim", "audited", "duplicates",
+              "missing_from_audit", "to_victim_after", "retries"):  # fmt: skip
+        print(f"    {k:20} {gone[k]}")
+    print(f"    errors               {gone['errors']}")
+    if gone["sample_error"]:
+        print(f"    e.g.                 {gone['sample_error'][:200]}")
+    print("  plain Kubernetes Service: not measured (no kube-proxy on this local cluster; see "
+          "docs/gateway.md)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
