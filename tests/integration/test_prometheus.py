@@ -11,8 +11,8 @@ Debian's package (localcluster/prometheus.py), scrapes on loopback
   and labels as docs/metrics.md gives them) scraped with ``honor_labels`` as the ServiceMonitor
   does; it also reports team-b/gpt-oss-120b, whose replicas never become ready, and keeps
   counting scrape and reconcile errors.
-* a stand-in for the gantry-gateway's ``gantry_gateway_*`` metrics (the same way, names and
-  labels as docs/metrics.md gives them, scraped with ``honor_labels``): traffic to
+* the gantry-gateway's ``gantry_gateway_*`` metrics, from its own ``Metrics`` class in this
+  process (scraped with ``honor_labels``), moved as traffic would move them: traffic to
   team-a/gpt-oss-20b with a few 5xx, team-d/sleepy whose held requests keep timing out, and
   tenant ``noisy`` refused with 429 three times in four.
 
@@ -40,6 +40,7 @@ import openai
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from gantry_gateway.metrics import Metrics
 from hack import monitoring
 from localcluster import procs
 from localcluster.cluster import free_ports
@@ -287,25 +288,21 @@ class OperatorStandIn:
 
 
 class GatewayStandIn:
-    """The gantry-gateway's metrics with docs/metrics.md's names and labels (the gateway's
-    interface), in a private registry, moved by :meth:`tick` like traffic would."""
+    """The gantry-gateway's own metrics (its ``Metrics`` class, the names and labels it
+    exports), in a private registry, moved by :meth:`tick` as traffic would move them."""
 
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        model = ("namespace", "model_deployment")
-        self.requests = Counter(
-            "gantry_gateway_requests", "", (*model, "tenant", "code"), registry=r
-        )
-        self.held = Gauge("gantry_gateway_held_requests", "", model, registry=r)
-        self.outstanding = Gauge("gantry_gateway_outstanding_requests", "", model, registry=r)
-        self.hold_timeouts = Counter("gantry_gateway_hold_timeouts", "", model, registry=r)
-        self.duration = Histogram("gantry_gateway_request_duration_seconds", "", model, registry=r)
-        self.ttft = Histogram("gantry_gateway_time_to_first_token_seconds", "", model, registry=r)
-        self.tokens = Counter("gantry_gateway_tokens", "", (*model, "tenant", "kind"), registry=r)
-        self.rate_limited = Counter(
-            "gantry_gateway_rate_limited", "", ("tenant", "limit"), registry=r
-        )
-        self.retries = Counter("gantry_gateway_upstream_retries", "", model, registry=r)
+        metrics = Metrics()
+        self.registry = metrics.registry
+        self.requests, self.held, self.outstanding = (
+            metrics.requests, metrics.held, metrics.outstanding,
+        )  # fmt: skip
+        self.hold_timeouts, self.duration, self.ttft = (
+            metrics.hold_timeouts, metrics.duration, metrics.ttft,
+        )  # fmt: skip
+        self.tokens, self.rate_limited, self.retries = (
+            metrics.tokens, metrics.rate_limited, metrics.retries,
+        )  # fmt: skip
         self.server: WSGIServer | None = None
         self.thread: threading.Thread | None = None
         self.port = 0
