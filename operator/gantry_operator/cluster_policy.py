@@ -15,8 +15,12 @@ no NetworkPolicy is created. The format (every key optional)::
       allowedEgressEndpoints: [http://otel.monitoring.svc:4317]  # engine flags that send data
     networkPolicy:
       enabled: true
-      ingress:                          # who may call the runtime pods (port 8000)
-        - namespaceSelector: {matchLabels: {gantry.dev/clients: "true"}}
+      gateway:                          # the gantry-gateway is the clients' way in: its pods
+        enabled: true                   # (label app.kubernetes.io/component=gateway in this
+        namespace: gantry-system        # namespace) may call the runtime pods (port 8000)
+      ingress:                          # who else may call them; with the gateway on, leave it
+        - namespaceSelector: {matchLabels: {gantry.dev/clients: "true"}}   # empty (or name an
+                                        # inference gateway that routes to InferencePools)
       monitoring:                       # Prometheus, also to port 8000 (/metrics)
         - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}
       operator:                         # the operator itself (scrapes /metrics)
@@ -28,6 +32,12 @@ no NetworkPolicy is created. The format (every key optional)::
     multiNode:                          # replicas larger than one node (LeaderWorkerSet groups)
       enabled: true                     # LeaderWorkerSet is installed and the operator may use it
       exclusiveTopologyKey: network.topology.example.com/block   # one group per domain (optional)
+    inferencePool:                      # one InferencePool per ModelDeployment while the CRD
+      enabled: true                     # inferencepools.inference.networking.k8s.io exists
+      endpointPicker:                   # optional: the endpointPickerRef of every pool (a
+        name: epp                       # Service of that name in each model's namespace)
+        port: 9002
+        failureMode: FailClose          # or FailOpen
     runtime:
       image: registry.internal/gantry/gantry-runtime:0.1.0-vllm0.33.0   # default runtime image
       imagePullSecrets: [registry-mirror]                               # added to every pod
@@ -35,6 +45,7 @@ no NetworkPolicy is created. The format (every key optional)::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +126,9 @@ def endpoint_allowed(url: str, allowed: tuple[str, ...]) -> bool:
 @dataclass(frozen=True)
 class NetworkPolicySettings:
     enabled: bool = False
+    #: The gantry-gateway's namespace when the gateway is on: its pods may call the runtime
+    #: pods. None: no gateway.
+    gateway_namespace: str | None = None
     ingress: tuple[Mapping[str, Any], ...] = ()
     monitoring: tuple[Mapping[str, Any], ...] = ()
     operator: tuple[Mapping[str, Any], ...] = ()
@@ -131,12 +145,26 @@ class MultiNodeSettings:
 
 
 @dataclass(frozen=True)
+class EndpointPicker:
+    name: str
+    port: int = 9002
+    failure_mode: str = "FailClose"
+
+
+@dataclass(frozen=True)
+class InferencePoolSettings:
+    enabled: bool = False
+    endpoint_picker: EndpointPicker | None = None
+
+
+@dataclass(frozen=True)
 class Policy:
     allowed_regions: tuple[str, ...] = ()
     offline: bool = False
     allowed_sources: tuple[str, ...] = SOURCE_KINDS
     network: NetworkPolicySettings = field(default_factory=NetworkPolicySettings)
     multi_node: MultiNodeSettings = field(default_factory=MultiNodeSettings)
+    inference_pool: InferencePoolSettings = field(default_factory=InferencePoolSettings)
     #: Runtime image for ModelDeployments that name none (the cluster's registry mirror).
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
     #: Pull secrets added to every runtime pod.
@@ -228,6 +256,48 @@ def _selectors(value: Any, where: str) -> tuple[Mapping[str, Any], ...]:
     return tuple(value)
 
 
+def _gateway_namespace(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("policy networkPolicy.gateway must be an object (enabled, namespace)")
+    if not value.get("enabled", False):
+        return None
+    namespace = value.get("namespace")
+    if not isinstance(namespace, str) or not namespace:
+        raise ValueError(
+            "policy networkPolicy.gateway.namespace is required with gateway.enabled: name the "
+            "namespace the gantry-gateway pods run in"
+        )
+    return namespace
+
+
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _inference_pool(value: Any) -> InferencePoolSettings:
+    if value is None:
+        return InferencePoolSettings()
+    if not isinstance(value, dict):
+        raise ValueError("policy inferencePool must be an object (enabled, endpointPicker)")
+    picker: Any = value.get("endpointPicker")
+    if picker is None:
+        return InferencePoolSettings(enabled=bool(value.get("enabled", False)))
+    where = "policy inferencePool.endpointPicker"
+    if not isinstance(picker, dict) or not _DNS_LABEL.match(str(picker.get("name") or "")):
+        raise ValueError(f"{where}.name must name a Service (a DNS label such as epp)")
+    port = picker.get("port", 9002)
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise ValueError(f"{where}.port must be a port number (1 to 65535)")
+    mode = picker.get("failureMode", "FailClose")
+    if mode not in ("FailClose", "FailOpen"):
+        raise ValueError(f"{where}.failureMode must be FailClose or FailOpen")
+    return InferencePoolSettings(
+        enabled=bool(value.get("enabled", False)),
+        endpoint_picker=EndpointPicker(str(picker["name"]), port, mode),
+    )
+
+
 def _strings(value: Any, key: str) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -260,6 +330,7 @@ def parse_policy(data: Mapping[str, Any]) -> Policy:
         allowed_sources=sources,
         network=NetworkPolicySettings(
             enabled=bool(network.get("enabled", False)),
+            gateway_namespace=_gateway_namespace(network.get("gateway")),
             ingress=_selectors(network.get("ingress"), "networkPolicy.ingress"),
             monitoring=_selectors(network.get("monitoring"), "networkPolicy.monitoring"),
             operator=_selectors(network.get("operator"), "networkPolicy.operator"),
@@ -268,6 +339,7 @@ def parse_policy(data: Mapping[str, Any]) -> Policy:
         multi_node=MultiNodeSettings(
             enabled=bool(multi_node.get("enabled", False)), exclusive_topology_key=topology_key
         ),
+        inference_pool=_inference_pool(data.get("inferencePool")),
         runtime_image=str(runtime.get("image") or DEFAULT_RUNTIME_IMAGE),
         image_pull_secrets=tuple(str(s) for s in runtime.get("imagePullSecrets") or ()),
         allowed_registries=_strings(residency.get("allowedRegistries"), "allowedRegistries"),

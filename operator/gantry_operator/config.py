@@ -33,3 +33,6 @@ class OperatorConfig:
     #: coalesces into one reconcile (and one status write) per interval.
     min_reconcile_interval: float = 0.5
     scrape: ScrapeLimits = field(default_factory=ScrapeLimits)
+    #: The namespace of the gantry-gateway pods whose request metrics decide scale to zero
+    #: (only there: a labelled pod elsewhere is not trusted). It must be a served namespace.
+    gateway_namespace: str = "gantry-system"

@@ -14,8 +14,18 @@ from typing import Any
 from gantry_operator import metrics
 from gantry_operator.autoscaling.loop import Autoscaler
 from gantry_operator.config import OperatorConfig
+from gantry_operator.desired import OPTIONAL_KINDS
 from gantry_operator.reconcile import Reconciler
-from gantry_operator.store import MODEL_DEPLOYMENT, POD, Key, Store, key_of, owner_key, slim
+from gantry_operator.store import (
+    GATEWAY_POD,
+    MODEL_DEPLOYMENT,
+    POD,
+    Key,
+    Store,
+    key_of,
+    owner_key,
+    slim,
+)
 from gantry_operator.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -31,6 +41,7 @@ class Controller:
             self.reconciler,
             interval=config.autoscale_seconds,
             limits=config.scrape,
+            gateway_namespace=config.gateway_namespace,
         )
         self.queue: WorkQueue[Key] | None = None
         #: Reconciles are synchronous (the kubernetes client); they run on their own threads.
@@ -66,6 +77,35 @@ class Controller:
             if owner is not None and self.store.get(MODEL_DEPLOYMENT, owner) is not None:
                 self._enqueue(owner)
 
+    def gateway_pod_seen(self, obj: Mapping[str, Any]) -> None:
+        """A gantry-gateway pod as listed or changed (the autoscaler scrapes the running ones)."""
+        self.store.put(GATEWAY_POD, obj)
+
+    def gateway_pod_deleted(self, obj: Mapping[str, Any]) -> None:
+        self.store.remove(GATEWAY_POD, obj)
+
+    def crd_seen(self, obj: Mapping[str, Any]) -> None:
+        """A watched CRD as listed or changed: when it became established (or stopped being),
+        every ModelDeployment is reconciled (its optional children follow the CRD)."""
+        if self.store.put_crd(obj):
+            self._crd_changed(obj)
+
+    def crd_deleted(self, obj: Mapping[str, Any]) -> None:
+        if self.store.remove_crd(obj):
+            self._crd_changed(obj)
+
+    def _crd_changed(self, obj: Mapping[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        established = self.store.crd_established(name)
+        log.info(
+            "CustomResourceDefinition %s is %s", name, "established" if established else "gone"
+        )
+        if not established:
+            for kind, crd in OPTIONAL_KINDS.items():
+                if crd == name:
+                    self.store.clear(kind)
+        self._enqueue_all()
+
     def node_seen(self, obj: Mapping[str, Any]) -> None:
         """A node as listed or changed (kopf index: the pool is known before any reconcile)."""
         self._pool_changed(lambda: self.store.put_node(obj))
@@ -78,16 +118,6 @@ class Controller:
         before = self.store.pool_version
         change()
         if self.store.pool_version != before:
-            self._enqueue_all()
-
-    def crd_seen(self, obj: Mapping[str, Any]) -> None:
-        """An optional CRD (LeaderWorkerSet, ...) as listed or changed: when it becomes
-        established (or stops being), every ModelDeployment is decided again."""
-        if self.store.put_crd(obj):
-            self._enqueue_all()
-
-    def crd_deleted(self, obj: Mapping[str, Any]) -> None:
-        if self.store.remove_crd(obj):
             self._enqueue_all()
 
     def _enqueue_all(self) -> None:

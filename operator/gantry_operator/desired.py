@@ -110,7 +110,12 @@ def intent(
             )
     owner = Owner(name=meta["name"], uid=meta["uid"])
     objects = manifests.build_all(
-        spec, plan, owner=owner, network=policy.network, multi_node=policy.multi_node
+        spec,
+        plan,
+        owner=owner,
+        network=policy.network,
+        multi_node=policy.multi_node,
+        inference_pool=policy.inference_pool,
     )
     return Intent(generation, spec, plan, None, tuple(drift.stamp(o) for o in objects))
 
@@ -144,12 +149,22 @@ def _describe_conflict(obj: Mapping[str, Any]) -> str:
     return f"{obj['kind']} {obj['metadata']['name']} already exists ({by})"
 
 
-def decide(want: Intent, children: Children, uid: str) -> Decision:
+#: Child kinds whose API is a CRD that may or may not be installed: kind -> CRD name. Their
+#: objects are built into the intent and written only while the CRD is established.
+OPTIONAL_KINDS = {manifests.inference_pool.KIND: manifests.inference_pool.CRD_NAME}
+
+
+def decide(
+    want: Intent, children: Children, uid: str, *, unavailable: frozenset[str] = frozenset()
+) -> Decision:
+    """``unavailable``: kinds of :data:`OPTIONAL_KINDS` whose CRD is not established now."""
     if want.problem:
         return Decision(want)
     apply: list[Mapping[str, Any]] = []
     conflicts: list[str] = []
     for obj in want.objects:
+        if obj["kind"] in unavailable:
+            continue
         seen = children.get(obj["kind"])
         if seen is not None and not owned_by(seen, uid):
             conflicts.append(_describe_conflict(seen))
@@ -157,7 +172,7 @@ def decide(want: Intent, children: Children, uid: str) -> Decision:
             apply.append(obj)
     if conflicts:  # nothing half-applied: the conflict is resolved first
         return Decision(want, conflicts=tuple(conflicts))
-    wanted = {obj["kind"] for obj in want.objects}
+    wanted = {obj["kind"] for obj in want.objects if obj["kind"] not in unavailable}
     workload = next((k for k in WORKLOAD_KINDS if k in wanted), None)
     if workload is not None and not serving(children.get(workload)):
         wanted |= set(WORKLOAD_KINDS)  # the old workload serves until the new one does

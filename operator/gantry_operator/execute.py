@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from gantry_operator import k8s
-from gantry_operator.desired import Decision
+from gantry_operator.desired import OPTIONAL_KINDS, Decision
 from gantry_operator.store import Store
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,12 @@ def execute(decision: Decision, store: Store) -> Outcome:
         except k8s.RejectedError as exc:
             log.warning("The API server refused %s in %s", exc, meta["namespace"])
             return Outcome(rejected=str(exc))
-        store.put(obj["kind"], result)
+        if obj["kind"] not in OPTIONAL_KINDS:
+            # Known at once, so a reconcile before the watch event does not apply it again.
+            # Not for a kind whose watch may start only now (its CRD just appeared): an object
+            # deleted before that watch's first listing would never be forgotten. Those are
+            # known from their watch alone (at worst one more, idempotent, apply).
+            store.put(obj["kind"], result)
         log.info("Applied %s %s/%s", obj["kind"], meta["namespace"], meta["name"])
     for ref in decision.delete:
         if k8s.delete(ref.kind, ref.namespace, ref.name, uid=ref.uid):  # owned: see decide

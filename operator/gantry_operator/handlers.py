@@ -8,14 +8,14 @@ then forget deleted objects and queue the one level-triggered reconcile.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import kopf
 
 from gantry_operator.controller import Controller
-from gantry_operator.manifests.leaderworkerset import CRD as LWS_CRD
 from gantry_operator.spec import GROUP, PLURAL, VERSION
-from gantry_operator.store import POD
+from gantry_operator.store import GATEWAY_LABEL, POD
 
 CHILD_LABELS = {"app.kubernetes.io/managed-by": "gantry"}
 #: Child kinds: (group, version, plural) -> kind. All objects are indexed, not only Gantry's:
@@ -71,6 +71,56 @@ def watch_network_policies() -> None:
     _watch_child("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
 
 
+def watch_gateway_pods(namespace: str) -> None:
+    """The gantry-gateway's pods in ``namespace`` (the autoscaler reads their request metrics
+    to scale idle models to zero). Only that namespace: a pod elsewhere that carries the label
+    is no gateway, and its numbers must not move anyone's models."""
+
+    def here(body: kopf.Body, **_: Any) -> bool:
+        return bool(body.get("metadata", {}).get("namespace") == namespace)
+
+    async def seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        _controller(memo).gateway_pod_seen(dict(body))
+
+    async def changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        if event["type"] == "DELETED":
+            _controller(memo).gateway_pod_deleted(event["object"])
+
+    labels = {GATEWAY_LABEL[0]: GATEWAY_LABEL[1]}
+    kopf.index("v1", "pods", id="gateway-pods-store", labels=labels, when=here)(seen)
+    kopf.on.event("v1", "pods", id="gateway-pods-events", labels=labels, when=here)(changed)
+
+
+def watch_crds(names: Collection[str]) -> None:
+    """Whether the CRDs ``names`` are established, in the store (``Store.crd_established``).
+
+    An index handler, so the answer is known before the first reconcile; the events after it
+    re-queue every ModelDeployment when a CRD is established or deleted, so a CRD installed
+    while the operator runs takes effect without a restart. Needs list/watch on
+    customresourcedefinitions (cluster-wide)."""
+    wanted = frozenset(names)
+
+    def named(body: kopf.Body, **_: Any) -> bool:
+        return body.get("metadata", {}).get("name") in wanted
+
+    async def seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        _controller(memo).crd_seen(dict(body))
+
+    async def changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        if event["type"] == "DELETED":
+            _controller(memo).crd_deleted(event["object"])
+
+    resource = ("apiextensions.k8s.io/v1", "customresourcedefinitions")
+    kopf.index(*resource, id="crds-store", when=named)(seen)
+    kopf.on.event(*resource, id="crds-events", when=named)(changed)
+
+
+def watch_inference_pools() -> None:
+    """InferencePools, only when the cluster policy has the operator make them (RBAC for them
+    only then). kopf starts this watch when the CRD appears (cluster-wide CRD scanning)."""
+    _watch_child("inference.networking.k8s.io", "v1", "inferencepools", "InferencePool")
+
+
 async def node_seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _controller(memo).node_seen(dict(body))
 
@@ -88,28 +138,7 @@ def watch_nodes() -> None:
 
 
 def watch_leader_worker_sets() -> None:
-    """LeaderWorkerSets (multi-node replicas) and whether their CRD is installed: only when the
-    cluster policy enables multi-node (the operator then has, and needs, access to them). kopf
-    starts the LeaderWorkerSet watch by itself once the CRD appears."""
+    """LeaderWorkerSets (multi-node replicas): only when the cluster policy enables multi-node
+    (the operator then has, and needs, access to them); whether their CRD is installed comes
+    from :func:`watch_crds`. kopf starts the watch by itself once the CRD appears."""
     _watch_child("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", "LeaderWorkerSet")
-    _watch_crds(LWS_CRD)
-
-
-def _watch_crds(*names: str) -> None:
-    wanted = frozenset(names)
-
-    def ours(name: str, **_: Any) -> bool:
-        return name in wanted
-
-    async def seen(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        _controller(memo).crd_seen(dict(body))
-
-    async def changed(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-        if event["type"] == "DELETED":
-            _controller(memo).crd_deleted(event["object"])
-        else:
-            _controller(memo).crd_seen(event["object"])
-
-    resource = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
-    kopf.index(*resource, id="crds-store", when=ours)(seen)
-    kopf.on.event(*resource, id="crds-events", when=ours)(changed)

@@ -31,6 +31,7 @@ _PATHS = {
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "LeaderWorkerSet": ("/apis/leaderworkerset.x-k8s.io/v1", "leaderworkersets"),
+    "InferencePool": ("/apis/inference.networking.k8s.io/v1", "inferencepools"),
     KIND: (f"/apis/{GROUP}/{VERSION}", PLURAL),
 }
 

@@ -17,6 +17,8 @@ from gantry_operator import handlers
 from gantry_operator.cluster_policy import load_policy
 from gantry_operator.config import OperatorConfig, ScrapeLimits
 from gantry_operator.controller import Controller
+from gantry_operator.manifests.inference_pool import CRD_NAME as INFERENCE_POOL_CRD
+from gantry_operator.manifests.leaderworkerset import CRD as LWS_CRD
 from gantry_operator.spec import GROUP
 
 
@@ -90,6 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=ScrapeLimits.deadline_seconds,
         help="seconds for one scrape of a runtime pod's /metrics",
     )
+    parser.add_argument(
+        "--gateway-namespace",
+        default=OperatorConfig.gateway_namespace,
+        help="namespace of the gantry-gateway pods whose request metrics decide when a model "
+        "with minReplicas 0 is idle (must be among the served namespaces)",
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -106,13 +114,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers,
         min_reconcile_interval=args.min_reconcile_interval,
         scrape=ScrapeLimits(max_bytes=args.scrape_max_bytes, deadline_seconds=args.scrape_deadline),
+        gateway_namespace=args.gateway_namespace,
     )
     host, _, port = args.metrics_address.rpartition(":")
     prometheus_client.start_http_server(int(port), addr=host or "0.0.0.0")
     if config.policy.network.enabled:
         handlers.watch_network_policies()  # the other handlers register on import
+    handlers.watch_gateway_pods(config.gateway_namespace)
+    optional_crds = []
     if config.policy.multi_node.enabled:
         handlers.watch_leader_worker_sets()
+        optional_crds.append(LWS_CRD)
+    if config.policy.inference_pool.enabled:
+        if args.namespace:
+            parser.error(
+                "the policy's inferencePool.enabled needs --all-namespaces: the operator "
+                f"watches the CRD {INFERENCE_POOL_CRD} cluster-wide"
+            )
+        handlers.watch_inference_pools()
+        optional_crds.append(INFERENCE_POOL_CRD)
+    if optional_crds:
+        handlers.watch_crds(optional_crds)
     if not args.namespace:
         handlers.watch_nodes()
     # Named namespaces only (no kopf patterns such as `llm-*`): no cluster-wide reads needed.

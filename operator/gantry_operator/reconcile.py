@@ -117,7 +117,12 @@ class Reconciler:
         key: Key = (meta["namespace"], meta["name"])
         uid = meta["uid"]
         want = self.intent(md)
-        decision = desired.decide(want, self.store.children(key), uid)
+        unavailable = frozenset(
+            kind
+            for kind, crd in desired.OPTIONAL_KINDS.items()
+            if not self.store.crd_established(crd)
+        )
+        decision = desired.decide(want, self.store.children(key), uid, unavailable=unavailable)
         outcome = execute(decision, self.store) if _writes(decision) else Outcome()
         now_children = self.store.children(key)
         observed = _observe(md, want, outcome, now_children)
@@ -181,6 +186,9 @@ def _observe(
         plan=want.plan.to_status() if want.plan and problem is None else None,
         selector=selector,
         endpoint=manifests.endpoint(spec) if spec else previous.get("endpoint", ""),
+        served_model_name=(
+            spec.served_model_name if spec else str(previous.get("servedModelName") or "")
+        ),
     )
 
 

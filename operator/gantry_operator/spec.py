@@ -121,6 +121,21 @@ class Autoscaling:
     target: float = 8.0
     scale_up_delay_seconds: int = 0
     scale_down_delay_seconds: int = 300
+    #: With min_replicas 0: seconds without a request through the gateway before the last
+    #: replica goes (the gateway's metrics are the only load signal at one idle replica).
+    scale_to_zero_after_seconds: int = 600
+
+
+RoutingStrategy = Literal["LeastOutstanding", "PrefixAffinity"]
+
+
+@dataclass(frozen=True)
+class Routing:
+    """How the gantry-gateway spreads this model's requests over its replicas."""
+
+    strategy: RoutingStrategy = "LeastOutstanding"
+    #: With PrefixAffinity: the prompt's leading tokens that are hashed.
+    prefix_tokens: int = 256
 
 
 @dataclass(frozen=True)
@@ -162,6 +177,7 @@ class ModelDeploymentSpec:
     serving: Serving = field(default_factory=Serving)
     replicas: int = 1
     autoscaling: Autoscaling = field(default_factory=Autoscaling)
+    routing: Routing = field(default_factory=Routing)
     scheduling: Scheduling = field(default_factory=Scheduling)
     residency: Residency = field(default_factory=Residency)
     runtime: Runtime = field(default_factory=Runtime)
@@ -214,6 +230,12 @@ def parse(
         target=float(_get(auto, "target", 8.0)),
         scale_up_delay_seconds=int(_get(auto, "scaleUpDelaySeconds", 0)),
         scale_down_delay_seconds=int(_get(auto, "scaleDownDelaySeconds", 300)),
+        scale_to_zero_after_seconds=int(_get(auto, "scaleToZeroAfterSeconds", 600)),
+    )
+    routing_obj: Mapping[str, Any] = _get(spec, "routing", {})
+    routing = Routing(
+        strategy=_get(routing_obj, "strategy", "LeastOutstanding"),
+        prefix_tokens=int(_get(routing_obj, "prefixTokens", 256)),
     )
     if autoscaling.min_replicas > autoscaling.max_replicas:
         raise SpecError(
@@ -249,6 +271,7 @@ def parse(
         serving=serving,
         replicas=int(_get(spec, "replicas", 1)),
         autoscaling=autoscaling,
+        routing=routing,
         scheduling=_parse_scheduling(_get(spec, "scheduling", {})),
         residency=residency,
         runtime=_parse_runtime(_get(spec, "runtime", {}), runtime_image, image_pull_secrets),

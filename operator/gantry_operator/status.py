@@ -38,6 +38,8 @@ class Observed:
     plan: Mapping[str, Any] | None = None
     selector: str = ""
     endpoint: str = ""
+    #: The name OpenAI clients send as ``model`` (the gateway routes by it).
+    served_model_name: str = ""
     #: Why replicas fail (ReplicaFailure, ProgressDeadlineExceeded, CrashLoopBackOff, ...).
     failure: Problem | None = None
     #: The generation the operator has acted on (the current one unless the write failed).
@@ -176,6 +178,8 @@ def compute(previous: Mapping[str, Any], obs: Observed, *, now: str) -> dict[str
         status["groupRestarts"] = obs.group_restarts
     if obs.endpoint and obs.workload:
         status["endpoint"] = obs.endpoint
+    if obs.served_model_name:
+        status["servedModelName"] = obs.served_model_name
     plan = obs.plan if obs.plan is not None else previous.get("plan")
     if plan:
         status["plan"] = dict(plan)
@@ -185,7 +189,7 @@ def compute(previous: Mapping[str, Any], obs: Observed, *, now: str) -> dict[str
 #: The status fields the operator writes (``autoscaler`` belongs to the autoscaler).
 OPERATOR_FIELDS = (
     "observedGeneration", "phase", "model", "replicas", "readyReplicas", "conditions",
-    "selector", "endpoint", "plan", "groupRestarts",
+    "selector", "endpoint", "plan", "groupRestarts", "servedModelName",
 )  # fmt: skip
 
 

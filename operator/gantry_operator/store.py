@@ -22,11 +22,19 @@ Key = tuple[str, str]
 
 MODEL_DEPLOYMENT = KIND
 #: The child kinds named like their ModelDeployment (NetworkPolicy only with the policy;
-#: LeaderWorkerSet, the workload of multi-node replicas, only with multi-node enabled).
-CHILD_KINDS = ("Deployment", "LeaderWorkerSet", "Service", "PodDisruptionBudget", "NetworkPolicy")
+#: LeaderWorkerSet, the workload of multi-node replicas, only with multi-node enabled;
+#: InferencePool only with the policy and while its CRD is established).
+CHILD_KINDS = (
+    "Deployment", "LeaderWorkerSet", "Service", "PodDisruptionBudget", "NetworkPolicy",
+    "InferencePool",
+)  # fmt: skip
 #: The workload kinds: exactly one of them serves a ModelDeployment.
 WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet")
 POD = "Pod"
+#: Pods of the gantry-gateway (label app.kubernetes.io/component=gateway): the autoscaler reads
+#: their request metrics to take idle models to zero.
+GATEWAY_POD = "GatewayPod"
+GATEWAY_LABEL = ("app.kubernetes.io/component", "gateway")
 NODE = "Node"
 MD_LABEL = "gantry.dev/model-deployment"
 MANAGED = ("app.kubernetes.io/managed-by", "gantry")
@@ -98,29 +106,31 @@ class Store:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._objects: dict[str, dict[Key, Obj]] = {
-            kind: {} for kind in (MODEL_DEPLOYMENT, *CHILD_KINDS, POD)
+            kind: {} for kind in (MODEL_DEPLOYMENT, *CHILD_KINDS, POD, GATEWAY_POD)
         }
         self._pods_by_owner: dict[Key, dict[str, Obj]] = {}
         #: GPU nodes, slimmed to what the planner reads (labels, allocatable), and a counter
         #: that moves only when one of those changes (not on every node heartbeat).
         self._nodes: dict[str, Obj] = {}
         self.pool_version = 0
-        #: Names of the optional CRDs (LeaderWorkerSet, ...) that are established.
+        #: Names of the watched optional CRDs (LeaderWorkerSet, InferencePool) that are
+        #: established now (fed by a CRD watch, see handlers.watch_crds).
         self._crds: frozenset[str] = frozenset()
 
     def put_crd(self, crd: Obj) -> bool:
-        """Record a CustomResourceDefinition's Established condition; True when that changed."""
+        """Record a CRD as listed or changed; True when its established state flipped."""
+        name = str(crd["metadata"]["name"])
         conditions = (crd.get("status") or {}).get("conditions") or []
-        established = any(
+        established = not crd["metadata"].get("deletionTimestamp") and any(
             c.get("type") == "Established" and c.get("status") == "True" for c in conditions
         )
-        name = str(crd["metadata"]["name"])
         with self._lock:
             before = self._crds
             self._crds = before | {name} if established else before - {name}
             return self._crds != before
 
     def remove_crd(self, crd: Obj) -> bool:
+        """Forget a deleted CRD; True when it had been established."""
         name = str(crd["metadata"]["name"])
         with self._lock:
             before = self._crds
@@ -131,6 +141,10 @@ class Store:
         """The optional CRDs established in the cluster (an input of every intent)."""
         with self._lock:
             return self._crds
+
+    def crd_established(self, name: str) -> bool:
+        """True while the CRD ``name`` exists with condition Established=True, as last seen."""
+        return name in self.crds()
 
     def put_node(self, node: Obj) -> None:
         slim = {
@@ -178,6 +192,12 @@ class Store:
                     if not pods:
                         del self._pods_by_owner[(key[0], owner or "")]
 
+    def clear(self, kind: str) -> None:
+        """Forget every object of ``kind`` (its CRD is gone, and the objects with it: the watch
+        may not say so object by object)."""
+        with self._lock:
+            self._objects[kind].clear()
+
     def get(self, kind: str, key: Key) -> Obj | None:
         with self._lock:
             return self._objects[kind].get(key)
@@ -185,6 +205,21 @@ class Store:
     def model_deployments(self) -> list[Obj]:
         with self._lock:
             return list(self._objects[MODEL_DEPLOYMENT].values())
+
+    def gateway_pods(self, namespace: str) -> list[tuple[str, str]]:
+        """(name, IP) of the running gateway pods in ``namespace``, sorted by name."""
+        with self._lock:
+            pods = [p for (ns, _), p in self._objects[GATEWAY_POD].items() if ns == namespace]
+        running = []
+        for pod in pods:
+            status = pod.get("status") or {}
+            if (
+                status.get("phase") == "Running"
+                and status.get("podIP")
+                and not pod["metadata"].get("deletionTimestamp")
+            ):
+                running.append((str(pod["metadata"]["name"]), str(status["podIP"])))
+        return sorted(running)
 
     def children(self, key: Key) -> Children:
         """The children named like the ModelDeployment ``key`` (owned or not) and its pods."""

@@ -178,6 +178,7 @@ def test_deployment_runs_two_peered_restricted_replicas(default: list[dict[str, 
         "--liveness=http://0.0.0.0:8080/healthz",
         "--metrics-address=0.0.0.0:8081",
         "--policy=/etc/gantry/policy.yaml",
+        "--gateway-namespace=gantry-system",
     ]
     assert main["env"][0] == {
         "name": "POD_ID",
@@ -387,6 +388,49 @@ def test_residency_policy_reaches_the_operator(residency: list[dict[str, Any]]) 
     }
     pod_labels = one(residency, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert operator["podSelector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_gateway_and_inference_pool_values_reach_the_operator(
+    default: list[dict[str, Any]],
+) -> None:
+    """The gateway runs in the release namespace: the operator reads its pods' metrics there
+    (--gateway-namespace) and, with NetworkPolicies, admits only it to the runtime pods; the
+    inferencePool values become the policy's inferencePool section."""
+    assert (
+        "--gateway-namespace=gantry-system"
+        in container(one(default, "Deployment", "gantry-operator"))["args"]
+    )
+    assert parse_policy(_policy(default)).network.gateway_namespace is None
+    assert parse_policy(_policy(default)).inference_pool.enabled is False
+    objects = template(
+        namespace="llm-gw",
+        sets=[
+            "gateway.enabled=true",
+            "networkPolicy.enabled=true",
+            "inferencePool.enabled=true",
+            "inferencePool.endpointPicker.name=epp",
+        ],
+    )
+    policy = parse_policy(_policy(objects))
+    assert policy.network.gateway_namespace == "llm-gw"
+    assert policy.inference_pool.enabled is True
+    assert policy.inference_pool.endpoint_picker is not None
+    assert (
+        policy.inference_pool.endpoint_picker.name,
+        policy.inference_pool.endpoint_picker.port,
+    ) == ("epp", 9002)
+    gateway_pods = [
+        d
+        for d in by_kind(objects, "Deployment")
+        if d["metadata"]["labels"].get("app.kubernetes.io/component") == "gateway"
+    ]
+    assert gateway_pods, "gateway.enabled renders the gateway Deployment"
+    assert all(d["metadata"]["namespace"] == "llm-gw" for d in gateway_pods)
+    rules = one(objects, "ClusterRole", "gantry-operator")["rules"]
+    assert {"apiGroups": ["inference.networking.k8s.io"], "resources": ["inferencepools"],
+            "verbs": ["list", "watch", "create", "patch"]} in rules  # fmt: skip
+    message = helm_fails("inferencePool.enabled=true", "watch.namespaces={a}")
+    assert "inferencePool.enabled needs a cluster-wide operator" in message
 
 
 def test_policy_change_rolls_the_pods(default: list[dict[str, Any]]) -> None:

@@ -592,3 +592,87 @@ def test_upgrade_then_uninstall_keeps_the_crd_and_the_models(
         # release) and leaves the module's release as the other tests expect it.
         install(audited, "gantry", "gantry-system", test_values, sets=[])
     assert md(audited, namespace, "gpt-oss-20b")["metadata"]["uid"]
+
+
+# -- InferencePools ------------------------------------------------------------------------------
+
+POOL_CRD = (
+    ROOT / "tests" / "integration" / "fixtures" / "inference.networking.k8s.io_inferencepools.yaml"
+)
+POOL_CRD_NAME = "inferencepools.inference.networking.k8s.io"
+
+
+def test_inference_pools_with_exactly_their_grants(
+    audited: LocalCluster,
+    cluster_wide: Release,  # owns the ModelDeployment CRD this release leaves out
+    test_values: Path,
+    tmp_path: Path,
+    fresh_ns: list[str],
+) -> None:
+    """inferencePool.enabled: the chart's grants on InferencePools are all used (watch, list,
+    create and patch by server-side apply) and nothing is refused; off (the other releases),
+    no InferencePool grant exists."""
+    assert not [
+        p for p in granted_permissions(audited, "gantry-system", cluster_wide.service_account())
+        if p.group == "inference.networking.k8s.io"
+    ]  # fmt: skip
+    audited.kubectl("apply", "--server-side", "-f", str(POOL_CRD))
+    audited.wait_established(POOL_CRD_NAME)
+    namespace = make_namespace(audited, unique("pool"))
+    fresh_ns.append(namespace)
+    release = install(
+        audited,
+        "pools",
+        "gantry-pools",
+        test_values,
+        sets=["inferencePool.enabled=true", "crds.enabled=false", *NO_PROMETHEUS_OPERATOR],
+    )
+    username = release.username()
+    try:
+        mark = audit_mark(audited.audit_log)
+        operator = ChartOperator(release, tmp_path, pod_name="pools-operator-rbac").start()
+        try:
+            model = example("gpt-oss-20b")
+            model["spec"]["replicas"] = 1
+            apply(audited, namespace, model)
+
+            def pool() -> dict[str, Any] | None:
+                result = audited.kubectl(
+                    "get", "inferencepool", "gpt-oss-20b", "-n", namespace, "-o", "json",
+                    check=False,
+                )  # fmt: skip
+                return json.loads(result.stdout) if result.returncode == 0 else None
+
+            first = wait_for(pool, SETTLE, "InferencePool gpt-oss-20b")
+            assert first is not None
+            assert first["spec"]["targetPorts"] == [{"number": 8000}]
+            # A hand edit is repaired (a patch over the existing pool).
+            audited.kubectl(
+                "patch", "inferencepool", "gpt-oss-20b", "-n", namespace, "--type=merge",
+                "-p", '{"spec": {"targetPorts": [{"number": 9000}]}}',
+            )  # fmt: skip
+            wait_for(
+                lambda: (pool() or {}).get("spec", {}).get("targetPorts") == [{"number": 8000}],
+                SETTLE,
+                "the edited InferencePool repaired",
+            )
+        finally:
+            operator.stop()
+        assert "Traceback" not in operator.log(None), operator.log()
+    finally:
+        helm("uninstall", "pools", "--namespace=gantry-pools", "--wait", cluster=audited)
+        audited.kubectl("delete", "crd", POOL_CRD_NAME, "--wait=false", check=False)
+
+    used, denied = audit_permissions(audited.audit_log, username, mark)
+    assert denied == set(), f"the operator was refused: {sorted(denied)}"
+    pool_used = {p for p in used if p.group == "inference.networking.k8s.io"}
+    _say(permission_table("inferencePool.enabled: InferencePool calls", pool_used))
+    rendered = template(
+        namespace="gantry-pools", release="pools", sets=["inferencePool.enabled=true"]
+    )
+    (role,) = [o for o in rendered if o["kind"] == "ClusterRole"]
+    pool_grants = {
+        p for p in rule_permissions(role["rules"], None) if p.group == "inference.networking.k8s.io"
+    }
+    assert {p.verb for p in pool_grants} == {"list", "watch", "create", "patch"}
+    assert unused(pool_grants, used) == [], "granted but never used"

@@ -161,16 +161,20 @@ def test_a_replica_larger_than_a_node_is_one_group_on_distinct_nodes(
     assert size == 2
     (group,) = wait_groups_ready(space, name, 1, size).values()
     leader, worker = group["0"], group["1"]
-    # One pod per node, each holding all of that node's GPUs, on the GPU type asked for.
+    # One pod per node, each holding all of that node's GPUs, on the GPU type asked for, the
+    # group in one region.
     assert leader["spec"]["nodeName"] != worker["spec"]["nodeName"]
+    regions = set()
     per_node = str(int(plan["gpusPerReplica"]) // size)
     for pod in (leader, worker):
         node = json.loads(
             space.cluster.kubectl("get", "node", pod["spec"]["nodeName"], "-o", "json").stdout
         )
         assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == product
+        regions.add(node["metadata"]["labels"]["topology.kubernetes.io/region"])
         (container,) = pod["spec"]["containers"]
         assert container["resources"]["limits"][GPU] == per_node == "8"
+    assert len(regions) == 1
     # The LeaderWorkerSet controller's webhook told each pod its place in the group.
     lws = space.get("leaderworkerset", name)
     assert lws["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
@@ -305,3 +309,22 @@ def test_without_leader_worker_set_nothing_is_created(ns: Namespace) -> None:
     for kind in ("deployment", "service", "pdb"):
         assert ns.get(kind, name) is None
     assert pods_of(ns, name) == []
+
+
+def test_each_group_stays_in_one_region(space: Namespace) -> None:
+    """Without residency regions, three groups over the six H100 nodes (four in eu-west-1, two
+    in us-east-1): LeaderWorkerSet alone would let a group straddle the regions."""
+    md = example("deepseek-v3-h100")
+    del md["spec"]["residency"]["regions"]
+    md["spec"]["replicas"] = 3
+    name = md["metadata"]["name"]
+    assert space.apply(md).returncode == 0
+    found = wait_groups_ready(space, name, 3, 2)
+    region_of = {
+        n["metadata"]["name"]: n["metadata"]["labels"]["topology.kubernetes.io/region"]
+        for n in json.loads(space.cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    }
+    for group in found.values():
+        assert len({region_of[p["spec"]["nodeName"]] for p in group.values()}) == 1
+    used = {p["spec"]["nodeName"] for g in found.values() for p in g.values()}
+    assert len(used) == 6

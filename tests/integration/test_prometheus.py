@@ -11,6 +11,10 @@ Debian's package (localcluster/prometheus.py), scrapes on loopback
   and labels as docs/metrics.md gives them) scraped with ``honor_labels`` as the ServiceMonitor
   does; it also reports team-b/gpt-oss-120b, whose replicas never become ready, and keeps
   counting scrape and reconcile errors.
+* the gantry-gateway's ``gantry_gateway_*`` metrics, from its own ``Metrics`` class in this
+  process (scraped with ``honor_labels``), moved as traffic would move them: traffic to
+  team-a/gpt-oss-20b with a few 5xx, team-d/sleepy whose held requests keep timing out, and
+  tenant ``noisy`` refused with 429 three times in four.
 
 Then every dashboard query (template variables substituted) and every alert expression must
 return data, except the ones in ``NO_DATA_EXPECTED``, which must return none while the metrics
@@ -36,6 +40,7 @@ import openai
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from gantry_gateway.metrics import Metrics
 from hack import monitoring
 from localcluster import procs
 from localcluster.cluster import free_ports
@@ -61,6 +66,9 @@ SERVED = "gpt-oss-20b"
 STEADY = ("team-a", "gpt-oss-20b")  # two replicas, steady load; the per-model dashboard's pick
 STUCK = ("team-b", "gpt-oss-120b")  # operator metrics only: 2 desired, none ready
 PRESSURE = ("team-c", "pressure")  # one replica, tiny KV cache, a queue that keeps growing
+SLEEPY = ("team-d", "sleepy")  # gateway metrics only: requests held, then timing out
+GATEWAY_JOB = "gantry-gateway"
+NOISY = "noisy"  # the tenant refused with 429 most of the time
 
 #: Alert expressions (and dashboard queries, by (dashboard uid, where)) that must return no
 #: data in this setup, and why. Each must still read metrics that exist.
@@ -279,6 +287,61 @@ class OperatorStandIn:
             self.thread.join(10)
 
 
+class GatewayStandIn:
+    """The gantry-gateway's own metrics (its ``Metrics`` class, the names and labels it
+    exports), in a private registry, moved by :meth:`tick` as traffic would move them."""
+
+    def __init__(self) -> None:
+        metrics = Metrics()
+        self.registry = metrics.registry
+        self.requests, self.held, self.outstanding = (
+            metrics.requests, metrics.held, metrics.outstanding,
+        )  # fmt: skip
+        self.hold_timeouts, self.duration, self.ttft = (
+            metrics.hold_timeouts, metrics.duration, metrics.ttft,
+        )  # fmt: skip
+        self.tokens, self.rate_limited, self.retries = (
+            metrics.tokens, metrics.rate_limited, metrics.retries,
+        )  # fmt: skip
+        self.server: WSGIServer | None = None
+        self.thread: threading.Thread | None = None
+        self.port = 0
+        self._n = 0
+
+    def tick(self) -> None:
+        """Half a second of traffic."""
+        self._n += 1
+        self.requests.labels(*STEADY, "team-a", "200").inc(4)
+        if self._n % 4 == 0:
+            self.requests.labels(*STEADY, "team-a", "502").inc()
+            self.retries.labels(*STEADY).inc()
+        self.outstanding.labels(*STEADY).set(3)
+        for latency in (0.05, 0.08, 0.2):
+            self.ttft.labels(*STEADY).observe(latency)
+            self.duration.labels(*STEADY).observe(latency * 10)
+        self.tokens.labels(*STEADY, "team-a", "prompt").inc(400)
+        self.tokens.labels(*STEADY, "team-a", "completion").inc(120)
+        self.held.labels(*SLEEPY).set(2)
+        self.hold_timeouts.labels(*SLEEPY).inc()
+        self.requests.labels(*SLEEPY, "team-a", "503").inc()
+        self.rate_limited.labels(NOISY, "requests").inc(3)
+        self.requests.labels(*STEADY, NOISY, "429").inc(3)
+        self.requests.labels(*STEADY, NOISY, "200").inc()
+
+    def start(self) -> None:
+        (self.port,) = free_ports(1)
+        self.server, self.thread = start_http_server(
+            self.port, addr="127.0.0.1", registry=self.registry
+        )
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        if self.thread is not None:
+            self.thread.join(10)
+
+
 # -- the stack ----------------------------------------------------------------------------------
 
 
@@ -287,6 +350,7 @@ class Stack:
     prom: PrometheusServer
     sims: list[Simulator]
     operator: OperatorStandIn
+    gateway: GatewayStandIn
     load: Load
     started: float  # wall-clock time the load started (range queries start here)
 
@@ -294,11 +358,14 @@ class Stack:
         return self.prom.query_range(expr, self.started, time.time(), 1.0)
 
 
-def _ticker(operator: OperatorStandIn, stop: threading.Event) -> Callable[[], None]:
+def _ticker(
+    operator: OperatorStandIn, gateway: GatewayStandIn, stop: threading.Event
+) -> Callable[[], None]:
     def run() -> None:
         deadline = time.monotonic() + LOAD_DEADLINE
         while not stop.wait(0.5) and time.monotonic() < deadline:
             operator.tick()
+            gateway.tick()
 
     return run
 
@@ -312,10 +379,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     jobs = [
         ScrapeJob(RUNTIME_JOB, metric_relabel_configs=runtime_relabel),
         ScrapeJob(OPERATOR_JOB, honor_labels=True),
+        ScrapeJob(GATEWAY_JOB, honor_labels=True),
         ScrapeJob(CHURN_JOB),
     ]
     sims: list[Simulator] = []
     operator = OperatorStandIn()
+    gateway = GatewayStandIn()
     load = Load()
     ticker_stop = threading.Event()
     helpers: list[threading.Thread] = []
@@ -343,6 +412,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )  # fmt: skip
         operator_labels = {"namespace": "gantry-system", "pod": "gantry-operator-0"}
         prom.set_targets(OPERATOR_JOB, [Target(f"127.0.0.1:{operator.port}", operator_labels)])
+        gateway.start()
+        gateway_labels = {"namespace": "gantry-system", "pod": "gantry-gateway-0"}
+        prom.set_targets(GATEWAY_JOB, [Target(f"127.0.0.1:{gateway.port}", gateway_labels)])
 
         def runtime_targets(count: int) -> list[Target]:
             return [
@@ -358,8 +430,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         prom.set_targets(RUNTIME_JOB, runtime_targets(len(sims)))
         prom.wait_for_targets(RUNTIME_JOB, len(sims))
         prom.wait_for_targets(OPERATOR_JOB, 1)
+        prom.wait_for_targets(GATEWAY_JOB, 1)
 
-        helpers.append(threading.Thread(target=_ticker(operator, ticker_stop), daemon=True))
+        helpers.append(
+            threading.Thread(target=_ticker(operator, gateway, ticker_stop), daemon=True)
+        )
         helpers[-1].start()
         started = time.time()
         for sim in sims[:2]:
@@ -378,7 +453,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         helpers.append(threading.Thread(target=ramp, daemon=True))
         helpers[-1].start()
         _say(f"stack up in {time.monotonic() - began:.1f}s")
-        yield Stack(prom, sims, operator, load, started)
+        yield Stack(prom, sims, operator, gateway, load, started)
     finally:
         ticker_stop.set()
         load.stop.set()
@@ -387,6 +462,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         procs.stop_all([s.process for s in sims])  # aborts in-flight requests
         load.join()
         operator.stop()
+        gateway.stop()
         prom.stop()
         _say(f"stack down after {time.monotonic() - began:.1f}s; {load.done} requests served")
 
@@ -490,6 +566,8 @@ def test_alerts_pend_for_the_right_deployments(stack: Stack) -> None:
         ("GantryKVCacheSaturated", PRESSURE),
         ("GantryPreemptionsHigh", PRESSURE),
         ("GantryRequestQueueGrowing", PRESSURE),
+        ("GantryGatewayHoldTimeouts", SLEEPY),
+        ("GantryGateway429Storm", ("", "")),  # per tenant, not per deployment
     }
 
     def pending() -> set[tuple[str, tuple[str, str]]]:
@@ -501,7 +579,7 @@ def test_alerts_pend_for_the_right_deployments(stack: Stack) -> None:
         return seen if wanted <= seen else set()
 
     seen = wait_for(pending, DATA_TIMEOUT, f"pending alerts {sorted(wanted)}")
-    deployments = (STEADY, STUCK, PRESSURE)
+    deployments = (STEADY, STUCK, PRESSURE, SLEEPY, ("", ""))
     unexpected = {(name, key) for name, key in seen if key in deployments} - wanted
     assert not unexpected, unexpected
     assert all(a["state"] == "pending" for a in stack.prom.alerts())

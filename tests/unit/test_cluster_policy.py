@@ -102,6 +102,44 @@ def test_network_policy_allows_only_the_configured_peers(spec_dict: dict[str, An
     assert "NetworkPolicy" not in [o["kind"] for o in without]
 
 
+def test_with_the_gateway_on_only_gateway_pods_monitoring_and_the_operator_may_call(
+    spec_dict: dict[str, Any],
+) -> None:
+    monitoring = {"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}
+    operator = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops"}}}
+    policy = parse_policy(
+        {
+            "networkPolicy": {
+                "enabled": True,
+                "gateway": {"enabled": True, "namespace": "gantry-system"},
+                "monitoring": [monitoring],
+                "operator": [operator],
+            }
+        }
+    )
+    spec = _spec(spec_dict)
+    objects = manifests.build_all(spec, planner.plan(spec), owner=OWNER, network=policy.network)
+    (netpol,) = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    (ingress,) = netpol["spec"]["ingress"]
+    assert ingress["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    assert ingress["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gantry-system"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/component": "gateway"}},
+        },
+        monitoring,
+        operator,
+    ]
+    off = parse_policy({"networkPolicy": {"enabled": True, "gateway": {"enabled": False}}})
+    assert off.network.gateway_namespace is None
+
+
+@pytest.mark.parametrize("gateway", [{"enabled": True}, {"enabled": True, "namespace": ""}, "on"])
+def test_the_gateway_needs_its_namespace(gateway: Any) -> None:
+    with pytest.raises(ValueError, match=r"networkPolicy\.gateway"):
+        parse_policy({"networkPolicy": {"enabled": True, "gateway": gateway}})
+
+
 def test_gpt_oss_rejects_tensor_parallel_beyond_its_kv_heads() -> None:
     model = preset("gpt-oss-120b")
     assert model.tp_problem(8) is None

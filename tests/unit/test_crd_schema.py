@@ -179,11 +179,19 @@ def test_defaults_agree_with_the_parser(crd_schema: dict[str, Any]) -> None:
         "target": auto.target,
         "scaleUpDelaySeconds": auto.scale_up_delay_seconds,
         "scaleDownDelaySeconds": auto.scale_down_delay_seconds,
+        "scaleToZeroAfterSeconds": auto.scale_to_zero_after_seconds,
     }
     autoscaling = prop(crd_schema, ".spec.autoscaling")
     assert autoscaling["default"] == expected_auto
     for key, value in expected_auto.items():
         assert autoscaling["properties"][key]["default"] == value, key
+    routing, expected_routing = prop(crd_schema, ".spec.routing"), spec.Routing()
+    assert routing["default"] == {
+        "strategy": expected_routing.strategy,
+        "prefixTokens": expected_routing.prefix_tokens,
+    }
+    assert routing["properties"]["strategy"]["default"] == expected_routing.strategy
+    assert routing["properties"]["prefixTokens"]["default"] == expected_routing.prefix_tokens
 
 
 def test_name_length_rule_matches_the_parser(crd_schema: dict[str, Any]) -> None:

@@ -259,6 +259,13 @@ def test_multi_node_replicas_are_leader_worker_set_groups() -> None:
     assert "readinessProbe" not in worker
     service = next(o for o in want.objects if o["kind"] == "Service")
     assert service["spec"]["selector"]["leaderworkerset.sigs.k8s.io/worker-index"] == "0"
+    # The pods of one group stay in one region (LeaderWorkerSet alone would not keep them so).
+    for role in ("leaderTemplate", "workerTemplate"):
+        affinity = template[role]["spec"]["affinity"]
+        (term,) = affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert term["matchLabelKeys"] == ["leaderworkerset.sigs.k8s.io/group-key"]
+        assert term["topologyKey"] == "topology.kubernetes.io/region"
+        assert "nodeAffinity" in affinity
 
 
 def test_exclusive_topology_comes_from_the_cluster_policy() -> None:

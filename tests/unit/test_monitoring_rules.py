@@ -48,6 +48,8 @@ def test_there_are_alerts_for_every_documented_concern() -> None:
         "GantryOperatorScrapeErrors",
         "GantryReconcileErrors",
         "GantryOperatorDown",
+        "GantryGatewayHoldTimeouts",
+        "GantryGateway429Storm",
     ]
 
 
@@ -86,7 +88,9 @@ def test_alert_conventions(rule: dict[str, Any]) -> None:
 
 #: Alerts about the operator as a whole; every other alert is about one ModelDeployment.
 OPERATOR_WIDE = ("GantryReconcileErrors", "GantryOperatorDown")
-PER_DEPLOYMENT = [rule for rule in ALERTS if rule["alert"] not in OPERATOR_WIDE]
+#: Alerts about one tenant of the gateway (its API key), across models.
+PER_TENANT = ("GantryGateway429Storm",)
+PER_DEPLOYMENT = [rule for rule in ALERTS if rule["alert"] not in (*OPERATOR_WIDE, *PER_TENANT)]
 
 
 @pytest.mark.parametrize("rule", PER_DEPLOYMENT, ids=[r["alert"] for r in PER_DEPLOYMENT])
@@ -97,6 +101,15 @@ def test_per_deployment_alerts_keep_namespace_and_modeldeployment(rule: dict[str
     for labels in groupings:
         assert {label.strip() for label in labels.split(",")} == {"namespace", "modeldeployment"}
     assert "{{ $labels.namespace }}/{{ $labels.modeldeployment }}" in rule["annotations"]["summary"]
+
+
+@pytest.mark.parametrize("name", PER_TENANT)
+def test_per_tenant_alerts_keep_the_tenant(name: str) -> None:
+    (rule,) = [r for r in ALERTS if r["alert"] == name]
+    groupings = re.findall(r"\b(?:by|on) \(([^)]*)\)", rule["expr"])
+    assert groupings
+    assert all(labels.strip() == "tenant" for labels in groupings)
+    assert "{{ $labels.tenant }}" in rule["annotations"]["summary"]
 
 
 # -- promtool unit tests of every alert ---------------------------------------------------------

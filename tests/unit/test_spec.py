@@ -15,6 +15,7 @@ from gantry_operator.spec import (
     Autoscaling,
     Parallelism,
     Residency,
+    Routing,
     Runtime,
     Scheduling,
     Serving,
@@ -248,6 +249,30 @@ def test_autoscaling_bounds(spec_dict: dict[str, Any]) -> None:
     spec_dict["autoscaling"] = {"enabled": True, "minReplicas": 2}
     auto = parse("md", "ns", spec_dict).autoscaling
     assert (auto.min_replicas, auto.max_replicas) == (2, 2)  # max defaults to at least min
+
+
+def test_scale_to_zero_and_routing(spec_dict: dict[str, Any]) -> None:
+    spec_dict["replicas"] = 0
+    spec_dict["autoscaling"] = {
+        "enabled": True,
+        "minReplicas": 0,
+        "maxReplicas": 3,
+        "scaleToZeroAfterSeconds": 120,
+    }
+    spec_dict["routing"] = {"strategy": "PrefixAffinity", "prefixTokens": 512}
+    parsed = parse("md", "ns", spec_dict)
+    assert (parsed.replicas, parsed.autoscaling.min_replicas) == (0, 0)
+    assert parsed.autoscaling.scale_to_zero_after_seconds == 120
+    assert parsed.routing == Routing(strategy="PrefixAffinity", prefix_tokens=512)
+    spec_dict["routing"] = {"strategy": "RoundRobin"}
+    err = spec_error(spec_dict)
+    assert err.field_path == "spec.routing.strategy"
+    assert "LeastOutstanding" in str(err)
+    assert "PrefixAffinity" in str(err)
+    spec_dict["routing"] = {}
+    spec_dict["autoscaling"]["scaleToZeroAfterSeconds"] = 5
+    err = spec_error(spec_dict)
+    assert err.field_path == "spec.autoscaling.scaleToZeroAfterSeconds"
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,12 @@ def test_all_ready() -> None:
     assert (status["selector"], status["endpoint"], status["plan"]) == (SELECTOR, ENDPOINT, PLAN)
 
 
+def test_served_model_name_is_reported_for_the_gateway() -> None:
+    status = compute({}, observed(served_model_name="team-a/gpt"), now=T0)
+    assert status["servedModelName"] == "team-a/gpt"
+    assert changed({**status, "servedModelName": "other"}, status)
+
+
 def test_invalid_spec_without_workload_fails() -> None:
     problem = Problem("InvalidSpec", "spec.gpu.type: is required")
     obs = observed(problem=problem, workload=False, desired=0, replicas=0, ready=0, updated=0)

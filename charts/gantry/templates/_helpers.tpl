@@ -116,12 +116,21 @@ list is empty, so the autoscaler can scrape the runtime pods it protects.
 {{- $peer := dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" .Release.Namespace)) "podSelector" (dict "matchLabels" (include "gantry.operatorSelectorLabels" . | fromYaml)) -}}
 {{- $_ := set $np "operator" (list $peer) -}}
 {{- end -}}
+{{- if (.Values.gateway).enabled -}}
+{{- /* The gantry-gateway runs in this release's namespace: with it on, clients reach the
+runtime pods only through it (docs/security.md). */ -}}
+{{- $_ := set $np "gateway" (dict "enabled" true "namespace" .Release.Namespace) -}}
+{{- end -}}
 {{- $runtime := dict "imagePullSecrets" (concat .Values.global.imagePullSecrets .Values.runtime.imagePullSecrets | uniq) -}}
 {{- if .Values.runtime.image.repository -}}
 {{- $_ := set $runtime "image" (include "gantry.image" (dict "image" .Values.runtime.image "global" .Values.global "default" "")) -}}
 {{- end -}}
+{{- $pool := dict "enabled" .Values.inferencePool.enabled -}}
+{{- if .Values.inferencePool.endpointPicker.name -}}
+{{- $_ := set $pool "endpointPicker" .Values.inferencePool.endpointPicker -}}
+{{- end -}}
 {{- $multiNode := dict "enabled" .Values.leaderWorkerSet.enabled "exclusiveTopologyKey" .Values.leaderWorkerSet.exclusiveTopologyKey -}}
-{{- $policy := dict "residency" .Values.residency "networkPolicy" $np "multiNode" $multiNode "runtime" $runtime -}}
+{{- $policy := dict "residency" .Values.residency "networkPolicy" $np "multiNode" $multiNode "inferencePool" $pool "runtime" $runtime -}}
 {{- toYaml $policy -}}
 {{- end -}}
 

@@ -73,10 +73,41 @@ def parse_metrics(text: str) -> tuple[float, float, float]:
     return values[RUNNING], values[WAITING], values[KV]
 
 
-async def scrape(
+#: The gantry-gateway's metrics (docs/autoscaling.md): port and the three families read.
+GATEWAY_PORT = 9091
+GW_REQUESTS, GW_HELD, GW_OUTSTANDING = (
+    "gantry_gateway_requests_total",
+    "gantry_gateway_held_requests",
+    "gantry_gateway_outstanding_requests",
+)
+_GATEWAY_WANTED = (GW_REQUESTS, GW_HELD, GW_OUTSTANDING)
+
+
+def _metric_name(line: str) -> str:
+    if line.startswith(("# HELP ", "# TYPE ")):
+        return line[7:].split(" ", 1)[0]
+    return line.split("{", 1)[0].split(" ", 1)[0]
+
+
+def parse_gateway_metrics(text: str) -> dict[Key, tuple[float, float, float]]:
+    """(requests counted, held, in flight) per (namespace, model_deployment) from one gateway
+    pod's /metrics, summed over tenants and codes. Only the three families' lines are parsed."""
+    lines = [line for line in text.splitlines() if _metric_name(line) in _GATEWAY_WANTED]
+    found: dict[Key, list[float]] = {}
+    for family in text_string_to_metric_families("\n".join(lines) + "\n"):
+        for sample in family.samples:
+            if sample.name not in _GATEWAY_WANTED:
+                continue  # a counter's _created sample
+            key = (sample.labels.get("namespace", ""), sample.labels.get("model_deployment", ""))
+            values = found.setdefault(key, [0.0, 0.0, 0.0])
+            values[_GATEWAY_WANTED.index(sample.name)] += sample.value
+    return {key: (v[0], v[1], v[2]) for key, v in found.items()}
+
+
+async def fetch_metrics(
     session: aiohttp.ClientSession, ip: str, limits: ScrapeLimits, *, port: int = PORT
-) -> tuple[float, float, float]:
-    """One pod's load; raises ScrapeError past the byte limit or the deadline."""
+) -> str:
+    """One pod's /metrics text; raises ScrapeError past the byte limit or the deadline."""
     body = bytearray()
     try:
         async with asyncio.timeout(limits.deadline_seconds):
@@ -97,10 +128,53 @@ async def scrape(
         ) from None
     except aiohttp.ClientError as exc:
         raise ScrapeError("connection", str(exc) or type(exc).__name__) from None
+    return body.decode("utf-8", errors="replace")
+
+
+async def scrape(
+    session: aiohttp.ClientSession, ip: str, limits: ScrapeLimits, *, port: int = PORT
+) -> tuple[float, float, float]:
+    """One runtime pod's load; raises ScrapeError past a bound or on a page it cannot parse."""
+    text = await fetch_metrics(session, ip, limits, port=port)
     try:
-        return parse_metrics(body.decode("utf-8", errors="replace"))
+        return parse_metrics(text)
     except ValueError as exc:
         raise ScrapeError("format", f"unparseable /metrics: {exc}") from None
+
+
+async def scrape_gateway(
+    session: aiohttp.ClientSession, ip: str, limits: ScrapeLimits, *, port: int = GATEWAY_PORT
+) -> dict[Key, tuple[float, float, float]]:
+    """One gateway pod's per-model counters, within the same bounds as a runtime pod."""
+    text = await fetch_metrics(session, ip, limits, port=port)
+    try:
+        return parse_gateway_metrics(text)
+    except ValueError as exc:
+        raise ScrapeError("format", f"unparseable /metrics: {exc}") from None
+
+
+@dataclass(frozen=True)
+class GatewayScrape:
+    """What every gateway pod answered in one tick (``failed``: pod -> why not)."""
+
+    namespace: str
+    answers: Mapping[str, Mapping[Key, tuple[float, float, float]]]
+    failed: Mapping[str, str]
+
+    def view(self, key: Key) -> policy.GatewayView:
+        held = sum(a.get(key, (0.0, 0.0, 0.0))[1] for a in self.answers.values())
+        outstanding = sum(a.get(key, (0.0, 0.0, 0.0))[2] for a in self.answers.values())
+        requests = {pod: a.get(key, (0.0, 0.0, 0.0))[0] for pod, a in self.answers.items()}
+        problem = ""
+        if self.failed:
+            pod, why = sorted(self.failed.items())[0]
+            problem = f"gateway pod {pod} could not be scraped ({why})"
+        elif not self.answers:
+            problem = (
+                f"no gateway pod (label app.kubernetes.io/component=gateway) running in "
+                f"namespace {self.namespace}"
+            )
+        return policy.GatewayView(not problem, requests, held, outstanding, problem)
 
 
 def our_ready_pods(children: Children, uid: str) -> list[tuple[str, str]]:
@@ -168,6 +242,10 @@ class Memory:
     failing: dict[str, Failure] = field(default_factory=dict)
     #: When a ScrapeFailed event was last posted, by kind of failure.
     reported: dict[str, float] = field(default_factory=dict)
+    #: With minReplicas 0: the gateway traffic seen so far, and when (wall clock, RFC 3339)
+    #: the current quiet stretch began.
+    idle: policy.Idle = field(default_factory=policy.Idle)
+    idle_since: str = ""
 
 
 @dataclass(frozen=True)
@@ -183,10 +261,19 @@ class _Job:
 
 class Autoscaler:
     def __init__(
-        self, store: Store, reconciler: Reconciler, *, interval: float, limits: ScrapeLimits
+        self,
+        store: Store,
+        reconciler: Reconciler,
+        *,
+        interval: float,
+        limits: ScrapeLimits,
+        gateway_namespace: str = "gantry-system",
     ) -> None:
         self.store, self.reconciler = store, reconciler
         self.interval, self.limits = interval, limits
+        self.gateway_namespace = gateway_namespace
+        #: Last failure reported per gateway pod (a warning when a pod starts failing).
+        self._gateway_failing: dict[str, str] = {}
         self.memory: dict[Key, Memory] = {}
         self._slots = asyncio.Semaphore(limits.concurrency)
 
@@ -203,7 +290,38 @@ class Autoscaler:
 
     async def tick(self, session: aiohttp.ClientSession, *, now: float | None = None) -> None:
         jobs = [job for md in self.store.model_deployments() if (job := self._job(md))]
-        await asyncio.gather(*(self._one(session, job, now) for job in jobs))
+        to_zero = any(
+            j.spec.autoscaling.enabled and j.spec.autoscaling.min_replicas == 0 for j in jobs
+        )
+        gateway = await self._scrape_gateways(session) if to_zero else None
+        await asyncio.gather(*(self._one(session, job, now, gateway) for job in jobs))
+
+    async def _scrape_gateways(self, session: aiohttp.ClientSession) -> GatewayScrape:
+        """Every running gateway pod's counters (only when a model may scale to zero)."""
+        pods = self.store.gateway_pods(self.gateway_namespace)
+
+        async def one(ip: str) -> dict[Key, tuple[float, float, float]] | ScrapeError:
+            async with self._slots:
+                try:
+                    return await scrape_gateway(session, ip, self.limits)
+                except ScrapeError as exc:
+                    return exc
+
+        results = await asyncio.gather(*(one(ip) for _, ip in pods))
+        answers, failed = {}, {}
+        for (pod, ip), result in zip(pods, results, strict=True):
+            if isinstance(result, ScrapeError):
+                failed[pod] = str(result)
+                if self._gateway_failing.get(pod) != result.kind:
+                    log.warning("Skipped gateway pod %s (%s) in autoscaling: %s", pod, ip, result)
+            else:
+                answers[pod] = result
+        self._gateway_failing = {
+            pod: r.kind
+            for (pod, _), r in zip(pods, results, strict=True)
+            if isinstance(r, ScrapeError)
+        }
+        return GatewayScrape(self.gateway_namespace, answers, failed)
 
     def _job(self, md: Mapping[str, Any]) -> _Job | None:
         """What one ModelDeployment needs this tick; None when that is nothing to await (no
@@ -238,7 +356,13 @@ class Autoscaler:
             except ScrapeError as exc:
                 return exc
 
-    async def _one(self, session: aiohttp.ClientSession, job: _Job, now: float | None) -> None:
+    async def _one(
+        self,
+        session: aiohttp.ClientSession,
+        job: _Job,
+        now: float | None,
+        gateway: GatewayScrape | None = None,
+    ) -> None:
         md, spec, memory, pods = job.md, job.spec, job.memory, job.pods
         key = key_of(md)
         results = await asyncio.gather(*(self._scrape(session, ip) for _, ip in pods))
@@ -253,14 +377,36 @@ class Autoscaler:
             memory.history.clear()
             return
         load = policy.Load(ready=len(samples), running=running, waiting=waiting, kv_usage=kv)
-        decision, memory.history = policy.decide(
-            spec.autoscaling,
-            load,
-            current=spec.replicas,
-            now=now or time.monotonic(),
-            history=memory.history,
+        at = now or time.monotonic()
+        extra: dict[str, Any] = {}
+        if spec.autoscaling.min_replicas == 0 and gateway is not None:
+            view = gateway.view(key)
+            quiet_before = memory.idle.since is not None
+            decision, memory.history, memory.idle = policy.decide_with_zero(
+                spec.autoscaling,
+                load,
+                view,
+                current=spec.replicas,
+                now=at,
+                history=memory.history,
+                idle=memory.idle,
+            )
+            if memory.idle.since is None:
+                memory.idle_since = ""
+            elif not quiet_before:
+                started = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=at - memory.idle.since)
+                memory.idle_since = started.strftime("%Y-%m-%dT%H:%M:%SZ")
+            extra = {"idleSince": memory.idle_since} if memory.idle_since else {}
+            if view.held:
+                extra["heldRequests"] = int(view.held)
+        else:
+            memory.idle = policy.Idle()
+            decision, memory.history = policy.decide(
+                spec.autoscaling, load, current=spec.replicas, now=at, history=memory.history
+            )
+        await asyncio.to_thread(
+            self._act, md, spec.replicas, spec.autoscaling.metric, decision, extra
         )
-        await asyncio.to_thread(self._act, md, spec.replicas, spec.autoscaling.metric, decision)
 
     async def _report_failures(
         self,
@@ -290,8 +436,15 @@ class Autoscaler:
                 )
 
     def _act(
-        self, md: Mapping[str, Any], current: int, metric: str, decision: policy.Decision
+        self,
+        md: Mapping[str, Any],
+        current: int,
+        metric: str,
+        decision: policy.Decision,
+        extra: Mapping[str, Any],
     ) -> None:
+        """Scale when the decision says so; write status.autoscaler when the decision (or, with
+        minReplicas 0, the start of the quiet stretch or held requests) changed."""
         namespace, name = key_of(md)
         previous: Mapping[str, Any] = (md.get("status") or {}).get("autoscaler") or {}
         record: dict[str, Any] = {
@@ -299,6 +452,7 @@ class Autoscaler:
             "recommendedReplicas": decision.recommended,
             "metric": metric,
             "reason": decision.reason,
+            **extra,
         }
         try:
             if decision.replicas != current:
@@ -315,8 +469,11 @@ class Autoscaler:
             # Written when the decision changes, not every tick (the reason has live numbers).
             if any(
                 previous.get(k) != record.get(k)
-                for k in ("desiredReplicas", "recommendedReplicas", "lastScaleTime")
-            ):
+                for k in (
+                    "desiredReplicas", "recommendedReplicas", "lastScaleTime", "idleSince",
+                    "heldRequests",
+                )
+            ):  # fmt: skip
                 k8s.apply_status(namespace, name, {"autoscaler": record}, manager=k8s.AUTOSCALER)
         except (k8s.GoneError, k8s.NamespaceTerminatingError):
             pass  # deleted meanwhile

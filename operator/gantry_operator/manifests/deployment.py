@@ -7,7 +7,12 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from gantry_operator.manifests.common import COMPONENT_RUNTIME, Owner, metadata, selector_labels
+from gantry_operator.manifests.common import (
+    COMPONENT_RUNTIME,
+    Owner,
+    metadata,
+    selector_labels,
+)
 from gantry_operator.manifests.launch import CACHE_DIR, build_env, launch_spec
 from gantry_operator.planner import Plan
 from gantry_operator.spec import MODEL_MOUNT, ModelDeploymentSpec

@@ -28,6 +28,11 @@ SET_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
 WORKER_INDEX_LABEL = LEADER_LABEL
 GROUP_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/group-index"
 EXCLUSIVE_TOPOLOGY = "leaderworkerset.sigs.k8s.io/exclusive-topology"
+#: Set by the LeaderWorkerSet controller on every pod of a group, one value per group.
+GROUP_KEY_LABEL = "leaderworkerset.sigs.k8s.io/group-key"
+#: Without a policy's topology key, a group's pods at least share a region: vLLM's collective
+#: traffic between the pods of one replica must not cross regions.
+DEFAULT_GROUP_TOPOLOGY = "topology.kubernetes.io/region"
 #: Pods of this role serve HTTP: the Service, the autoscaler and HPAs select them alone.
 LEADER = {WORKER_INDEX_LABEL: "0"}
 
@@ -45,6 +50,11 @@ def build_leader_worker_set(
         meta["annotations"] = {EXCLUSIVE_TOPOLOGY: settings.exclusive_topology_key}
     env = tuple(multinode_env(plan))
     labels = dict(meta["labels"])
+    together = settings.exclusive_topology_key or DEFAULT_GROUP_TOPOLOGY
+    leader = pod_template(spec, plan, labels=labels, extra_env=env)
+    worker = pod_template(spec, plan, labels=labels, serves=False, extra_env=env)
+    for template in (leader, worker):
+        _keep_together(template, spec.name, together)
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -59,10 +69,8 @@ def build_leader_worker_set(
                 "size": plan.nodes_per_replica,
                 # A group is one vLLM instance: any pod lost or restarted restarts all of it.
                 "restartPolicy": "RecreateGroupOnPodRestart",
-                "leaderTemplate": pod_template(spec, plan, labels=labels, extra_env=env),
-                "workerTemplate": pod_template(
-                    spec, plan, labels=labels, serves=False, extra_env=env
-                ),
+                "leaderTemplate": leader,
+                "workerTemplate": worker,
             },
             # A new group becomes Ready before an old one goes: no update takes a model down.
             "rolloutStrategy": {
@@ -72,3 +80,21 @@ def build_leader_worker_set(
             "networkConfig": {"subdomainPolicy": "Shared"},
         },
     }
+
+
+def _keep_together(template: dict[str, Any], name: str, topology_key: str) -> dict[str, Any]:
+    """Require every pod of a group in one domain of ``topology_key``: pod affinity to the
+    pods of this set with the same group (matchLabelKeys on LeaderWorkerSet's per-group label,
+    whose value the pod's own labels give; the first pod of a group matches itself).
+    LeaderWorkerSet alone places the pods of a group anywhere."""
+    term = {
+        "labelSelector": {"matchLabels": {SET_NAME_LABEL: name}},
+        "matchLabelKeys": [GROUP_KEY_LABEL],
+        "topologyKey": topology_key,
+    }
+    affinity = template["spec"]["affinity"]
+    pod_affinity = dict(affinity.get("podAffinity") or {})
+    required = list(pod_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or [])
+    pod_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = [*required, term]
+    affinity["podAffinity"] = pod_affinity
+    return template
