@@ -102,6 +102,21 @@ def test_network_policy_allows_only_the_configured_peers(spec_dict: dict[str, An
     assert "NetworkPolicy" not in [o["kind"] for o in without]
 
 
+def test_the_pods_of_a_multi_node_group_may_reach_each_other(spec_dict: dict[str, Any]) -> None:
+    """vLLM's group ports and the ephemeral ports NCCL and Gloo pick, between this model's own
+    runtime pods only; the serving port stays as the policy says."""
+    spec = _spec(spec_dict, model={"preset": "kimi-k2"}, gpu={"type": "H200"})
+    plan = planner.plan(spec)
+    assert plan.nodes_per_replica > 1
+    objects = manifests.build_all(spec, plan, owner=OWNER, network=POLICY.network)
+    (netpol,) = [o["spec"] for o in objects if o["kind"] == "NetworkPolicy"]
+    serving, group = netpol["ingress"]
+    assert serving["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    own = {"podSelector": {"matchLabels": netpol["podSelector"]["matchLabels"]}}
+    assert group == {"from": [own], "ports": [{"protocol": "TCP"}]}
+    assert netpol["egress"][-1] == {"to": [own], "ports": [{"protocol": "TCP"}]}
+
+
 def test_with_the_gateway_on_only_gateway_pods_monitoring_and_the_operator_may_call(
     spec_dict: dict[str, Any],
 ) -> None:
