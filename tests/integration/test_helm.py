@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from localcluster import build, nodes
+from localcluster import build, lws, nodes
 from localcluster.cluster import METADATA_AUDIT_POLICY, LocalCluster, free_ports
 from localcluster.log import sayer
 from localcluster.polling import wait_for
@@ -676,3 +676,91 @@ def test_inference_pools_with_exactly_their_grants(
     }
     assert {p.verb for p in pool_grants} == {"list", "watch", "create", "patch"}
     assert unused(pool_grants, used) == [], "granted but never used"
+
+
+def test_leader_worker_sets_with_exactly_their_grants(
+    audited: LocalCluster,
+    cluster_wide: Release,  # owns the ModelDeployment CRD this release leaves out
+    test_values: Path,
+    tmp_path: Path,
+    fresh_ns: list[str],
+) -> None:
+    """leaderWorkerSet.enabled: a model moves from one H200 node (a Deployment) to two H100
+    nodes (a LeaderWorkerSet) and back; every LeaderWorkerSet grant and the Deployment delete
+    are used and nothing is refused. Only LeaderWorkerSet's CRD is installed here: this test
+    writes the group's status as its controller would (Ready), so the Deployment goes."""
+    assert not [
+        p for p in granted_permissions(audited, "gantry-system", cluster_wide.service_account())
+        if p.group == "leaderworkerset.x-k8s.io"
+    ]  # fmt: skip
+    crd = build.LWS.directory / "config" / "crd" / "bases" / lws.CRD_FILES[0]
+    audited.kubectl("apply", "--server-side", "-f", str(crd))
+    audited.wait_established(lws.CRD_NAMES[0])
+    namespace = make_namespace(audited, unique("groups"))
+    fresh_ns.append(namespace)
+    release = install(
+        audited,
+        "groups",
+        "gantry-groups",
+        test_values,
+        sets=["leaderWorkerSet.enabled=true", "crds.enabled=false", *NO_PROMETHEUS_OPERATOR],
+    )
+    username = release.username()
+
+    def get(kind: str) -> dict[str, Any] | None:
+        result = audited.kubectl(
+            "get", kind, "deepseek-v3", "-n", namespace, "-o", "json", check=False
+        )
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    try:
+        mark = audit_mark(audited.audit_log)
+        operator = ChartOperator(release, tmp_path, pod_name="groups-operator-rbac").start()
+        try:
+            model = example("deepseek-v3-h100")
+            model["spec"]["gpu"]["type"] = "H200"  # fits one H200 node: a Deployment
+            apply(audited, namespace, model)
+            wait_for(
+                lambda: (get("deployment") or {}).get("status", {}).get("readyReplicas") == 1,
+                SETTLE,
+                "the one-node Deployment Ready",
+            )
+            model["spec"]["gpu"]["type"] = "H100-80GB"  # two H100 nodes: a LeaderWorkerSet
+            apply(audited, namespace, model)
+            groups = wait_for(lambda: get("leaderworkerset"), SETTLE, "the LeaderWorkerSet")
+            assert groups is not None
+            assert get("deployment") is not None, "the Deployment serves until the groups do"
+            audited.kubectl(
+                "patch", "leaderworkerset", "deepseek-v3", "-n", namespace,
+                "--subresource=status", "--type=merge",
+                "-p", '{"status": {"replicas": 1, "readyReplicas": 1, "updatedReplicas": 1}}',
+            )  # fmt: skip
+            wait_for(lambda: get("deployment") is None, SETTLE, "the Deployment deleted")
+            model["spec"]["gpu"]["type"] = "H200"  # and back
+            apply(audited, namespace, model)
+            wait_for(lambda: get("leaderworkerset") is None, SETTLE, "the groups deleted")
+        finally:
+            operator.stop()
+        assert "Traceback" not in operator.log(None), operator.log()
+    finally:
+        helm("uninstall", "groups", "--namespace=gantry-groups", "--wait", cluster=audited)
+        audited.kubectl("delete", "crd", lws.CRD_NAMES[0], "--wait=false", check=False)
+
+    used, denied = audit_permissions(audited.audit_log, username, mark)
+    assert denied == set(), f"the operator was refused: {sorted(denied)}"
+    ours = {p for p in used if p.group == "leaderworkerset.x-k8s.io"}
+    _say(permission_table("leaderWorkerSet.enabled: LeaderWorkerSet calls", ours))
+    rendered = template(
+        namespace="gantry-groups", release="groups", sets=["leaderWorkerSet.enabled=true"]
+    )
+    (role,) = [o for o in rendered if o["kind"] == "ClusterRole"]
+    grants = {
+        p
+        for p in rule_permissions(role["rules"], None)
+        if p.group == "leaderworkerset.x-k8s.io"
+        or (p.resource, p.verb) == ("deployments", "delete")
+    }
+    assert {p.verb for p in grants if p.group == "leaderworkerset.x-k8s.io"} == {
+        "list", "watch", "create", "patch", "delete"
+    }  # fmt: skip
+    assert unused(grants, used) == [], "granted but never used"

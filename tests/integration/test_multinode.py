@@ -311,20 +311,40 @@ def test_without_leader_worker_set_nothing_is_created(ns: Namespace) -> None:
     assert pods_of(ns, name) == []
 
 
-def test_each_group_stays_in_one_region(space: Namespace) -> None:
-    """Without residency regions, three groups over the six H100 nodes (four in eu-west-1, two
-    in us-east-1): LeaderWorkerSet alone would let a group straddle the regions."""
+def blocker(name: str, node: str) -> dict[str, Any]:
+    """A pod that holds all eight GPUs of ``node`` (not Gantry's: nothing runs for it)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "tolerations": [{"key": GPU, "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [{"name": "hold", "image": "hold", "resources": {"limits": {GPU: "8"}}}],
+        },
+    }
+
+
+def test_a_group_never_straddles_regions(space: Namespace) -> None:
+    """Free H100 nodes in two regions, one each: LeaderWorkerSet alone would place the group
+    across both; Gantry's pod affinity keeps it Pending, saying why, until one region has room."""
+    held = ["h100-eu-west-1a", "h100-eu-west-1b", "h100-eu-west-1c", "h100-us-east-1a"]
+    for node in held:
+        assert space.apply(blocker(f"hold-{node}", node)).returncode == 0
     md = example("deepseek-v3-h100")
     del md["spec"]["residency"]["regions"]
-    md["spec"]["replicas"] = 3
     name = md["metadata"]["name"]
     assert space.apply(md).returncode == 0
-    found = wait_groups_ready(space, name, 3, 2)
+    progressing = space.wait_condition(name, "Progressing", "True", "Unschedulable")
+    assert "cannot be scheduled" in progressing["message"]
+    placed = [p for p in pods_of(space, name) if p["spec"].get("nodeName")]
+    assert len(placed) <= 1, [p["spec"]["nodeName"] for p in placed]
+    for node in held:
+        space.kubectl("delete", "pod", f"hold-{node}", "--wait=false")
+    (group,) = wait_groups_ready(space, name, 1, 2).values()
     region_of = {
         n["metadata"]["name"]: n["metadata"]["labels"]["topology.kubernetes.io/region"]
         for n in json.loads(space.cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
     }
-    for group in found.values():
-        assert len({region_of[p["spec"]["nodeName"]] for p in group.values()}) == 1
-    used = {p["spec"]["nodeName"] for g in found.values() for p in g.values()}
-    assert len(used) == 6
+    assert len({region_of[p["spec"]["nodeName"]] for p in group.values()}) == 1
+    space.wait_condition(name, "Ready", "True", "AllReplicasReady")
