@@ -340,11 +340,15 @@ class Handler:
         scanner = usage.StreamScanner()
         content: list[bytes] = []
         chunks = upstream.content.iter_any()
+        #: Every byte of the upstream stream written to the client: a client that closes the
+        #: connection then (on `data: [DONE]`, as the openai client does) got the whole answer.
+        relayed = False
         try:
             while True:
                 try:
                     chunk = await anext(chunks)
                 except StopAsyncIteration:
+                    relayed = True
                     break
                 except aiohttp.ClientError as exc:
                     record.status, record.error = 502, "upstream_error"
@@ -363,7 +367,8 @@ class Handler:
                 await response.write(chunk)
             await response.write_eof()
         except ConnectionResetError:  # the client went away (aiohttp's write error)
-            record.status, record.error = 499, "client_disconnected"
+            if not relayed:
+                record.status, record.error = 499, "client_disconnected"
         finally:
             self._account(record, tenant, scanner.result(body))
             if content:
