@@ -10,7 +10,6 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from gantry_gateway import kube
@@ -18,7 +17,7 @@ from gantry_gateway.audit import AuditLog
 from gantry_gateway.config import GatewayConfig, parse_args
 from gantry_gateway.limits import Limiter
 from gantry_gateway.metrics import Metrics
-from gantry_gateway.proxy import Handler, Services, api_app, connector, metrics_app
+from gantry_gateway.proxy import Handler, Services, api_app, client_session, metrics_app
 from gantry_gateway.state import State
 from gantry_gateway.tenants import TENANT_LABEL
 from gantry_gateway.view import RUNTIME_SELECTOR, ModelEntry
@@ -80,13 +79,7 @@ async def serve(config: GatewayConfig) -> None:
     streams = [kube.WatchStream(api, s, on_reset, on_event, stop) for s in sources(config)]
     for stream in streams:
         stream.start()
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_seconds)
-    async with aiohttp.ClientSession(
-        connector=connector(state),
-        timeout=timeout,
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent",),
-    ) as session:
+    async with client_session(state, config) as session:
         services = Services(config, state, Limiter(), metrics, audit, session, wake)
         expected = {f"{s.kind}/{s.namespace}" for s in sources(config)}
         handler = Handler(services, expected)
