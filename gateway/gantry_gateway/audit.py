@@ -48,9 +48,12 @@ class AuditRecord:
     retries: int = 0
     prompt: Any = None
     completion: str | None = None
+    #: The client has had the whole answer (not written: it decides 499 on a disconnect).
+    delivered: bool = False
 
     def line(self, include_content: bool) -> str:
         record = dict(self.__dict__)  # flat fields: no deep copy (dataclasses.asdict is slow)
+        del record["delivered"]
         if not include_content:
             del record["prompt"], record["completion"]
         elif isinstance(self.completion, str):

@@ -191,7 +191,8 @@ class Handler:
             record.status, record.error = exc.status, exc.code
             response = web.Response(status=exc.status, body=exc.body(), headers=exc.headers())
         except asyncio.CancelledError:
-            record.status, record.error = 499, "client_disconnected"
+            if not record.delivered:
+                record.status, record.error = 499, "client_disconnected"
             self._finish(record, entry, started)
             raise
         except Exception:
@@ -375,9 +376,16 @@ class Handler:
                 if keep_content:
                     content.append(chunk)
                 await response.write(chunk)
+            record.delivered = True
             await response.write_eof()
         except ConnectionResetError:  # the client went away (aiohttp's write error)
-            record.status, record.error = 499, "client_disconnected"
+            if not record.delivered:
+                record.status, record.error = 499, "client_disconnected"
+        except asyncio.CancelledError:
+            # A client may close as soon as it has read the stream's closing event, before the
+            # upstream's end or the closing chunk: it has had the whole answer (no 499).
+            record.delivered = record.delivered or scanner.done
+            raise
         finally:
             self._account(record, tenant, scanner.result(body))
             if content:

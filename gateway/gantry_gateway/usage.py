@@ -93,11 +93,15 @@ class StreamScanner:
         self.events = 0
         self.usage: tuple[int, int] | None = None
         self.error: str | None = None
+        #: The stream's closing ``data: [DONE]`` event has passed.
+        self.done = False
 
     def feed(self, chunk: bytes) -> None:
         data = self._pending + chunk if self._pending else chunk
         end = data.rfind(b"\n") + 1
         self._pending = data[end:] if len(data) - end <= MAX_LINE else b""
+        if b"data: [DONE]" in data:
+            self.done = True
         if b'"usage":' not in data:  # the common case: count text events, parse nothing
             self.events += data.count(b"data: {", 0, end) + data.count(b"data:{", 0, end)
             return

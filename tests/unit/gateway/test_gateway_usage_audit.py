@@ -104,3 +104,15 @@ def test_audit_time_is_rfc3339_utc_to_the_millisecond() -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp)
     moment = dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
     assert before - dt.timedelta(milliseconds=1) <= moment <= after
+
+
+def test_the_stream_is_done_once_its_closing_event_has_passed() -> None:
+    data = stream({"choices": [{"delta": {"content": "[DONE]"}}]})
+    scanner = StreamScanner()
+    cut = data.index(b"data: [DONE]") + 8
+    scanner.feed(data[:cut])
+    assert not scanner.done  # a text that says [DONE] and half the closing line are not the end
+    scanner.feed(data[cut:])
+    assert scanner.done
+    line = json.loads(AuditRecord(time="t", request_id="r", delivered=True).line(False))
+    assert "delivered" not in line
