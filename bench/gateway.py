@@ -7,15 +7,19 @@ requests sent straight to the same simulator pods, in one run.
 Not a test: a benchmark that prints figures. On the local control plane (localcluster), the
 operator runs one gpt-oss-20b ModelDeployment with ``--replicas`` runtime pods, each answered
 by a vLLM simulator process on its pod IP (the process runner); one ``gantry-gateway`` process
-routes to them (least outstanding). The load generator is aiohttp in this process; everything
-shares the machine's cores, so the gateway's figures include that contention.
+routes to them (least outstanding). The load generator is aiohttp in this process (on uvloop
+when installed, the same client for every path); everything shares the machine's cores, so the
+gateway's figures include that contention: each run prints the machine's busy share of its cores
+and, through the gateway, the gateway process's CPU time per request.
 
 ttft        ``--clients`` concurrent streaming users for ``--seconds``, each in a loop: a chat
             request of ``max_tokens`` 32 (streamed at 100 tokens/s) then ``--think`` seconds of
             think time. Time to first token (the first SSE event with text) at p50 and p99,
             direct (users round-robin over the pod IPs), through a plain Kubernetes Service
             (kube-proxy in nftables mode, when it can run: see localcluster/kube_proxy.py) and
-            through the gateway; the round is run twice, so drift shows.
+            through the gateway; then the same with ``--low-clients`` users (the gateway's
+            own added latency when the cores are not saturated); the round is run twice, so
+            drift shows.
 throughput  ``--rps-clients`` concurrent non-streaming clients (``max_tokens`` 1, no think
             time) for ``--seconds``: requests per second answered on each path, and the
             gateway process's CPU time per request (user + system, from /proc), which says
@@ -40,11 +44,11 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import yaml
@@ -70,6 +74,7 @@ SIM_ENV = {"GANTRY_SIM_DECODE_TOKENS_PER_S": "100", "GANTRY_SIM_STARTUP_DELAY_S"
 MAX_NUM_SEQS = 256
 
 say = sayer("bench-gateway")
+T = TypeVar("T")
 
 
 def manifest(replicas: int) -> dict[str, Any]:
@@ -125,12 +130,49 @@ class Outcome:
 class Run:
     outcomes: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
+    busy: float = float("nan")  # the machine's busy share of its cores during the run
+    gateway_cpu: float = 0.0  # CPU seconds the gateway process used during the run
 
     def ttfts(self) -> list[float]:
         return sorted(o.ttft for o in self.outcomes if o.ok and o.ttft is not None)
 
     def rate(self) -> float:
         return sum(o.ok for o in self.outcomes) / self.seconds
+
+
+def run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run the load generator's coroutine on uvloop when it is installed (a cheaper client
+    leaves more of the shared cores to what is measured; both paths get the same client)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+class Busy:
+    """The whole machine's busy share of its cores between ``start()`` and ``stop()``, from
+    /proc/stat: what else competed with what is measured."""
+
+    def __init__(self) -> None:
+        self.share = float("nan")
+        self._start = (0, 0)
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields[:8]), fields[3] + fields[4]  # total, idle + iowait
+
+    def start(self) -> Busy:
+        self._start = self._read()
+        return self
+
+    def stop(self) -> Busy:
+        total, idle = self._read()
+        spent = total - self._start[0]
+        self.share = 1 - (idle - self._start[1]) / spent if spent else float("nan")
+        return self
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -240,7 +282,7 @@ def wait_serving(cluster: LocalCluster, gateway: GatewayProcess, replicas: int) 
             results = [await one(session, u, False, 1, "ping") for u in urls]
         return all(r.ok for r in results)
 
-    wait_for(lambda: asyncio.run(all_answer()), 120, "every pod and the gateway answer")
+    wait_for(lambda: run_loop(all_answer()), 120, "every pod and the gateway answer")
     return pods
 
 
@@ -290,7 +332,7 @@ def deletion(
         return await load
 
     audit_before = len(gateway.audit_path.read_text().splitlines())
-    run = asyncio.run(scenario())
+    run = run_loop(scenario())
     time.sleep(1)
     lines = [json.loads(x) for x in gateway.audit_path.read_text().splitlines()[audit_before:]]
     by_id = Counter(line["request_id"] for line in lines)
@@ -330,6 +372,9 @@ def main() -> int:
     parser.add_argument(
         "--think", type=float, default=1.0, help="seconds between a user's requests"
     )
+    parser.add_argument(
+        "--low-clients", type=int, default=20, help="streaming users (ttft at low load)"
+    )
     parser.add_argument("--rps-clients", type=int, default=64, help="clients (throughput)")
     parser.add_argument("--delete-clients", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=15.0)
@@ -357,27 +402,34 @@ def main() -> int:
             if no_proxy is not None:
                 proxy.stop()
                 proxy = None
+        assert gateway.process is not None
+        gateway_pid = gateway.process.pid
+
+        def measured(urls: list[str], clients: int, stream: bool, tokens: int, think: float) -> Run:
+            busy = Busy().start()
+            before = cpu_seconds(gateway_pid)
+            run = run_loop(closed_loop(urls, clients, args.seconds, stream, tokens, think))
+            run.gateway_cpu = cpu_seconds(gateway_pid) - before
+            run.busy = busy.stop().share
+            return run
+
         try:
             say("warm-up")
             for urls in paths.values():
-                asyncio.run(closed_loop(urls, 20, 3, True, 16))
+                run_loop(closed_loop(urls, 20, 3, True, 16))
             ttft: dict[str, list[Run]] = {label: [] for label in paths}
+            low: dict[str, list[Run]] = {label: [] for label in paths}
             for _ in range(2):
                 for label, urls in paths.items():
                     say(f"ttft: {args.clients} streaming users, {label}")
-                    run = closed_loop(urls, args.clients, args.seconds, True, 32, args.think)
-                    ttft[label].append(asyncio.run(run))
+                    ttft[label].append(measured(urls, args.clients, True, 32, args.think))
+                for label, urls in paths.items():
+                    say(f"ttft: {args.low_clients} streaming users, {label}")
+                    low[label].append(measured(urls, args.low_clients, True, 32, args.think))
             rps: dict[str, Run] = {}
-            assert gateway.process is not None
-            cpu = 0.0
             for label, urls in paths.items():
                 say(f"throughput: {args.rps_clients} clients, {label}")
-                before = cpu_seconds(gateway.process.pid)
-                rps[label] = asyncio.run(
-                    closed_loop(urls, args.rps_clients, args.seconds, False, 1)
-                )
-                if label == "gateway":
-                    cpu = cpu_seconds(gateway.process.pid) - before
+                rps[label] = measured(urls, args.rps_clients, False, 1, 0)
         finally:
             if proxy is not None:
                 proxy.stop()
@@ -385,33 +437,43 @@ def main() -> int:
         gone = deletion(cluster, gateway, args.delete_clients, args.seconds)
 
     print(f"\ngateway benchmark: {args.replicas} simulator replicas, one gantry-gateway process")
-    print(f"  ttft, {args.clients} streaming users, {args.think:g} s think time, "
-          f"{args.seconds:.0f} s per run")  # fmt: skip
-    print("                   p50 ms    p99 ms   requests  errors")
-    for label, runs in ttft.items():
-        for i, run in enumerate(runs):
-            values = run.ttfts()
-            errors = sum(not o.ok for o in run.outcomes)
-            print(
-                f"  {label:8} run {i + 1}  {percentile(values, 0.5) * 1000:7.1f}  "
-                f"{percentile(values, 0.99) * 1000:8.1f}  {len(run.outcomes):9d}  {errors:6d}"
-            )
 
-    def median_of(label: str, q: float) -> float:
-        return statistics.median(percentile(r.ttfts(), q) for r in ttft[label])
+    def ttft_table(runs_by_label: dict[str, list[Run]], clients: int) -> None:
+        print(f"  ttft, {clients} streaming users, {args.think:g} s think time, "
+              f"{args.seconds:.0f} s per run")  # fmt: skip
+        print("                   p50 ms    p99 ms   requests  errors  machine busy  "
+              "gateway CPU/request")  # fmt: skip
+        for label, runs in runs_by_label.items():
+            for i, run in enumerate(runs):
+                values = run.ttfts()
+                errors = sum(not o.ok for o in run.outcomes)
+                per = f"{run.gateway_cpu / len(run.outcomes) * 1000:.2f} ms" if label == (
+                    "gateway") and run.outcomes else ""  # fmt: skip
+                print(
+                    f"  {label:8} run {i + 1}  {percentile(values, 0.5) * 1000:7.1f}  "
+                    f"{percentile(values, 0.99) * 1000:8.1f}  {len(run.outcomes):9d}  "
+                    f"{errors:6d}  {run.busy * 100:11.0f}%  {per:>19}"
+                )
 
-    for label in [x for x in ttft if x != "direct"]:
-        p50 = (median_of(label, 0.5) - median_of("direct", 0.5)) * 1000
-        p99 = (median_of(label, 0.99) - median_of("direct", 0.99)) * 1000
-        print(f"  {label} adds to ttft: p50 {p50:+.1f} ms, p99 {p99:+.1f} ms")
+        def median_of(label: str, q: float) -> float:
+            return statistics.median(percentile(r.ttfts(), q) for r in runs_by_label[label])
+
+        for label in [x for x in runs_by_label if x != "direct"]:
+            p50 = (median_of(label, 0.5) - median_of("direct", 0.5)) * 1000
+            p99 = (median_of(label, 0.99) - median_of("direct", 0.99)) * 1000
+            print(f"  {label} adds to ttft: p50 {p50:+.1f} ms, p99 {p99:+.1f} ms")
+
+    ttft_table(ttft, args.clients)
     print("  (targets for the gateway: <= 2 ms at p50, <= 10 ms at p99)")
+    ttft_table(low, args.low_clients)
     print(f"  throughput, {args.rps_clients} non-streaming clients, max_tokens 1")
     for label, run in rps.items():
         errors = sum(not o.ok for o in run.outcomes)
-        print(f"  {label:8}  {run.rate():8.0f} requests/s  ({errors} errors)")
+        print(f"  {label:8}  {run.rate():8.0f} requests/s  ({errors} errors, "
+              f"machine busy {run.busy * 100:.0f}%)")  # fmt: skip
     served = sum(o.ok for o in rps["gateway"].outcomes)
     if served:
-        per = cpu / served
+        per = rps["gateway"].gateway_cpu / served
         print(f"  gateway CPU per request {per * 1000:.2f} ms: {1 / per:.0f} requests/s per core")
     print("  (target >= 1000 requests/s through one gateway process)")
     if no_proxy is not None:

@@ -7,10 +7,9 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from gantry_gateway import kube
@@ -18,7 +17,7 @@ from gantry_gateway.audit import AuditLog
 from gantry_gateway.config import GatewayConfig, parse_args
 from gantry_gateway.limits import Limiter
 from gantry_gateway.metrics import Metrics
-from gantry_gateway.proxy import Handler, Services, api_app, connector, metrics_app
+from gantry_gateway.proxy import Handler, Services, api_app, client_session, metrics_app
 from gantry_gateway.state import State
 from gantry_gateway.tenants import TENANT_LABEL
 from gantry_gateway.view import RUNTIME_SELECTOR, ModelEntry
@@ -41,7 +40,7 @@ async def serve(config: GatewayConfig) -> None:
     api = kube.api_client(config.kubeconfig)
     state = State(upstream_port=config.upstream_port)
     metrics = Metrics()
-    audit = AuditLog(config.audit_log, config.audit_include_content)
+    audit = AuditLog(config.audit_log, config.audit_include_content, defer=loop.call_soon)
     stop = threading.Event()
 
     def on_reset(source: kube.Source, items: list[dict[str, Any]]) -> None:
@@ -80,13 +79,7 @@ async def serve(config: GatewayConfig) -> None:
     streams = [kube.WatchStream(api, s, on_reset, on_event, stop) for s in sources(config)]
     for stream in streams:
         stream.start()
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_seconds)
-    async with aiohttp.ClientSession(
-        connector=connector(state),
-        timeout=timeout,
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent",),
-    ) as session:
+    async with client_session(state, config) as session:
         services = Services(config, state, Limiter(), metrics, audit, session, wake)
         expected = {f"{s.kind}/{s.namespace}" for s in sources(config)}
         handler = Handler(services, expected)
@@ -119,9 +112,20 @@ async def serve(config: GatewayConfig) -> None:
     audit.close()
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop (a declared dependency; cheaper socket I/O and scheduling) when it
+    can be imported, else None (asyncio's own)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_args(argv)
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(serve(config))
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        runner.run(serve(config))

@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from yarl import URL
 
 from gantry_gateway import errors, usage
 from gantry_gateway.audit import AuditLog, AuditRecord, now_rfc3339, request_content
@@ -40,6 +41,7 @@ RETRY_SECONDS = 5
 CONNECT_RETRY_PAUSE = 0.5
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 FORWARDED_RESPONSE_HEADERS = ("Content-Type",)
+MAX_CACHED_URLS = 4096
 
 STATE_KEY = web.AppKey("state", State)
 CONFIG_KEY = web.AppKey("config", GatewayConfig)
@@ -71,6 +73,17 @@ class Handler:
     def __init__(self, services: Services, expected_streams: set[str]) -> None:
         self.s = services
         self.expected = expected_streams
+        #: Upstream URLs by (replica host, port, path), parsed once.
+        self._urls: dict[tuple[str, int, str], URL] = {}
+
+    def _url(self, replica: Replica, path: str) -> URL:
+        key = (replica.host, replica.port, path)
+        url = self._urls.get(key)
+        if url is None:
+            if len(self._urls) >= MAX_CACHED_URLS:  # pods come and go
+                self._urls.clear()
+            url = self._urls[key] = URL.build(scheme="http", host=key[0], port=key[1], path=path)
+        return url
 
     # --- authentication -------------------------------------------------------------------
 
@@ -178,7 +191,8 @@ class Handler:
             record.status, record.error = exc.status, exc.code
             response = web.Response(status=exc.status, body=exc.body(), headers=exc.headers())
         except asyncio.CancelledError:
-            record.status, record.error = 499, "client_disconnected"
+            if not record.delivered:
+                record.status, record.error = 499, "client_disconnected"
             self._finish(record, entry, started)
             raise
         except Exception:
@@ -256,7 +270,7 @@ class Handler:
             gauge.inc()
             try:
                 upstream = await self.s.session.post(
-                    f"http://{replica.host}:{replica.port}{request.path}",
+                    self._url(replica, request.path),
                     data=raw,
                     headers=headers,
                 )
@@ -339,17 +353,12 @@ class Handler:
         await response.prepare(request)
         scanner = usage.StreamScanner()
         content: list[bytes] = []
-        chunks = upstream.content.iter_any()
-        #: Every byte of the upstream stream written to the client: a client that closes the
-        #: connection then (on `data: [DONE]`, as the openai client does) got the whole answer.
-        relayed = False
+        keep_content = self.s.config.audit_include_content
+        stream = upstream.content
         try:
             while True:
                 try:
-                    chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    relayed = True
-                    break
+                    chunk = await stream.readany()  # whatever has arrived, as it arrives
                 except aiohttp.ClientError as exc:
                     record.status, record.error = 502, "upstream_error"
                     message = (
@@ -359,16 +368,24 @@ class Handler:
                     event = errors.error_body(message, "server_error", "upstream_error")
                     await response.write(b"data: " + event + b"\n\n")
                     break
+                if not chunk:  # the end of the stream
+                    break
                 if record.ttft_seconds is None:
                     record.ttft_seconds = time.monotonic() - started
                 scanner.feed(chunk)
-                if self.s.config.audit_include_content:
+                if keep_content:
                     content.append(chunk)
                 await response.write(chunk)
+            record.delivered = True
             await response.write_eof()
         except ConnectionResetError:  # the client went away (aiohttp's write error)
-            if not relayed:
+            if not record.delivered:
                 record.status, record.error = 499, "client_disconnected"
+        except asyncio.CancelledError:
+            # A client may close as soon as it has read the stream's closing event, before the
+            # upstream's end or the closing chunk: it has had the whole answer (no 499).
+            record.delivered = record.delivered or scanner.done
+            raise
         finally:
             self._account(record, tenant, scanner.result(body))
             if content:
@@ -428,6 +445,19 @@ def connector(state: State) -> aiohttp.TCPConnector:
     """Upstream connections: pooled per pod, resolved from the view, unlimited in number."""
     return aiohttp.TCPConnector(
         limit=0, resolver=ReplicaResolver(state), use_dns_cache=False, enable_cleanup_closed=True
+    )
+
+
+def client_session(state: State, config: GatewayConfig) -> aiohttp.ClientSession:
+    """The one upstream session: kept-alive connections per pod, no cookie jar (the gateway
+    forwards no cookies, and a jar is looked up and updated on every request otherwise), no
+    decompression (bodies pass through as sent), no User-Agent of its own."""
+    return aiohttp.ClientSession(
+        connector=connector(state),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_seconds),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("User-Agent",),
     )
 
 

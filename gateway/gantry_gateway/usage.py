@@ -58,13 +58,26 @@ def estimate_prompt(body: Mapping[str, Any]) -> int:
     return (size + 3) // 4
 
 
+_DECODER = json.JSONDecoder()
+
+
+def _usage_object(data: bytes) -> Any:
+    """The value of an answer's last ``"usage":`` key, parsed alone (the answer's text is not
+    decoded): in JSON text an unescaped ``"usage":`` can only be a key, and OpenAI-shaped
+    answers have one, at the top level, after the choices. None when there is none."""
+    at = data.rfind(b'"usage":')
+    if at < 0:
+        return None
+    try:
+        text = data[at + 8 :].decode()
+        return _DECODER.raw_decode(text, len(text) - len(text.lstrip()))[0]
+    except ValueError:  # includes UnicodeDecodeError
+        return None
+
+
 def from_body(data: bytes, body: Mapping[str, Any]) -> Usage:
     """Usage of a non-streaming answer."""
-    try:
-        answer = json.loads(data)
-    except ValueError:
-        answer = None
-    found = _tokens(answer.get("usage")) if isinstance(answer, dict) else None
+    found = _tokens(_usage_object(data))
     if found is None:
         return Usage(estimate_prompt(body), 0, estimated=True)
     return Usage(found[0], found[1], estimated=False)
@@ -80,11 +93,15 @@ class StreamScanner:
         self.events = 0
         self.usage: tuple[int, int] | None = None
         self.error: str | None = None
+        #: The stream's closing ``data: [DONE]`` event has passed.
+        self.done = False
 
     def feed(self, chunk: bytes) -> None:
         data = self._pending + chunk if self._pending else chunk
         end = data.rfind(b"\n") + 1
         self._pending = data[end:] if len(data) - end <= MAX_LINE else b""
+        if b"data: [DONE]" in data:
+            self.done = True
         if b'"usage":' not in data:  # the common case: count text events, parse nothing
             self.events += data.count(b"data: {", 0, end) + data.count(b"data:{", 0, end)
             return

@@ -376,3 +376,17 @@ def test_a_new_pod_on_a_deleted_pods_address_gets_fresh_connections(tmp_path: Pa
         old.stop()
         assert statuses == [200, 200, 200]
         assert [line["replica"] for line in gw.audit(4)][1:] == ["pod-new"] * 3
+
+
+def test_the_gateway_runs_on_uvloop_when_it_is_installed() -> None:
+    import uvloop
+
+    from gantry_gateway.main import loop_factory
+
+    factory = loop_factory()
+    assert factory is not None
+    loop = factory()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
