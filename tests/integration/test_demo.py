@@ -38,16 +38,20 @@ def test_demo_up_shows_the_examples_ready_and_down_cleans_up(tmp_path: Path) -> 
         for line in up.stdout.splitlines():  # the first table is `kubectl get md -o wide`
             if line.split() and line.split()[0] not in rows:
                 rows[line.split()[0]] = line.split()
-        assert rows["gpt-oss-120b"][1:8] == [
+        # MODEL GPU GPUS TP NODES REPLICAS READY PHASE
+        assert rows["gpt-oss-120b"][1:9] == [
             "gpt-oss-120b",
             "H100-80GB",
             "2",
             "2",
             "1",
             "1",
+            "1",
             "Ready",
         ]
-        assert rows["gpt-oss-20b"][1:8] == ["gpt-oss-20b", "H100-80GB", "1", "1", "2", "2", "Ready"]
+        assert rows["gpt-oss-20b"][1:9] == [
+            "gpt-oss-20b", "H100-80GB", "1", "1", "1", "2", "2", "Ready"
+        ]  # fmt: skip
         assert f"export KUBECONFIG={state_dir}/kubeconfig" in up.stdout
         assert "h100-eu-west-1" in up.stdout
         assert "/v1/chat/completions -> " in up.stdout

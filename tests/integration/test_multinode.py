@@ -178,7 +178,12 @@ def test_a_replica_larger_than_a_node_is_one_group_on_distinct_nodes(
     # The LeaderWorkerSet controller's webhook told each pod its place in the group.
     lws = space.get("leaderworkerset", name)
     assert lws["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
-    assert pod_env(worker)["LWS_LEADER_ADDRESS"] == f"{name}-0.{name}.{space.name}"
+    assert pod_env(worker)["LWS_LEADER_ADDRESS"] == f"{name}-0.{name}-0.{space.name}"
+    # LeaderWorkerSet's headless Service for the group's DNS names is its own, apart from the
+    # ModelDeployment's serving Service.
+    headless = space.get("service", f"{name}-0")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["metadata"]["ownerReferences"][0]["kind"] == "LeaderWorkerSet"
     assert pod_env(worker)["LWS_WORKER_INDEX"] == "1"
     assert pod_env(leader)["LWS_GROUP_SIZE"] == "2"
     # Each pod ran the argv the plan calls for at its rank; the worker joined the leader's IP.
@@ -201,6 +206,7 @@ def test_a_replica_larger_than_a_node_is_one_group_on_distinct_nodes(
     assert "--headless" not in logged_argv(lws_runner, leader)
     # Only the leader serves: the Service selects it alone, and so does status.selector.
     service = space.get("service", name)
+    assert service["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
     assert service["spec"]["selector"][WORKER_INDEX] == "0"
     # (No EndpointSlice to read: the API server refuses the local cluster's loopback pod IPs.)
     labels = {p["metadata"]["name"]: p["metadata"]["labels"] for p in (leader, worker)}

@@ -77,7 +77,10 @@ def build_leader_worker_set(
                 "type": "RollingUpdate",
                 "rollingUpdateConfiguration": {"maxUnavailable": 0, "maxSurge": 1},
             },
-            "networkConfig": {"subdomainPolicy": "Shared"},
+            # One headless Service per group, named <name>-<group> (the leader's DNS name is
+            # <name>-<group>.<name>-<group>.<namespace>): the shared one would be named like the
+            # ModelDeployment and so collide with its serving Service.
+            "networkConfig": {"subdomainPolicy": "UniquePerReplica"},
         },
     }
 
