@@ -114,6 +114,9 @@ class Prepared:
     model: str
 
 
+#: What the shim runs for a multi-node group: vLLM's own CLI (see SUBSTITUTIONS).
+CLI_MODULE = "vllm.entrypoints.cli.main"
+
 SHIM = """#!{python}
 # `vllm serve MODEL ARGS...` for the CPU build (see localcluster/realvllm.py SUBSTITUTIONS).
 import ctypes, os, signal, sys
@@ -275,7 +278,8 @@ def prepare(
                 env[name] = LOOPBACK_INTERFACE
     bin_dir = shim_dir(pod_dir.parent, vllm_python)
     env["PATH"] = os.pathsep.join([str(bin_dir), source.get("PATH", "/usr/bin:/bin")])
-    notes.append(f"`vllm serve` -> {bin_dir / 'vllm'} (python -m {vllm_cpu.SERVER_MODULE})")
+    runs = CLI_MODULE if spec.multi_node else f"python -m {vllm_cpu.SERVER_MODULE}"
+    notes.append(f"`vllm serve` -> {bin_dir / 'vllm'} ({runs})")
     threads = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     env.update(threads)
     if env.pop("VLLM_CPU_KVCACHE_SPACE", None) is not None:

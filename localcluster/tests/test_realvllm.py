@@ -200,6 +200,7 @@ def test_a_multi_node_pod_runs_one_cpu_process_per_stage_compiled_on_loopback(
     notes = "\n".join(prepared.notes)
     assert "--tensor-parallel-size 4 -> 1" in notes
     assert "env GLOO_SOCKET_IFNAME=eth0 -> lo" in notes
+    assert f"({realvllm.CLI_MODULE})" in notes
 
 
 FAKE_PYTHON = """#!/bin/sh

@@ -142,8 +142,8 @@ def test_a_two_node_group_serves_a_chat_completion_from_real_vllm(
 
     members = wait_for(group_ready, START, f"{NAME}: leader and worker Ready") or {}
     say(f"group Ready {time.monotonic() - started:.0f}s after kubectl apply")
-    md = space.wait_condition(NAME, "Ready", "True")
-    plan = md["status"]["plan"]
+    space.wait_condition(NAME, "Ready", "True")
+    plan = space.get("md", NAME)["status"]["plan"]
     assert (plan["layout"], int(plan["nodesPerReplica"])) == ("pipeline", 2)
     leader, worker = members["0"], members["1"]
     assert leader["spec"]["nodeName"] != worker["spec"]["nodeName"]
