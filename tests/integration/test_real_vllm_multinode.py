@@ -155,7 +155,9 @@ def test_a_two_node_group_serves_a_chat_completion_from_real_vllm(
     answer = chat(leader_ip, model["id"])
     assert answer["object"] == "chat.completion"
     assert answer["usage"]["completion_tokens"] > 0
-    assert answer["choices"][0]["message"]["content"]
+    # The preset's reasoning parser may file a random model's text under reasoning.
+    message = answer["choices"][0]["message"]
+    assert message.get("content") or message.get("reasoning") or message.get("reasoning_content")
     assert "pp2" in answer["system_fingerprint"]
 
     # Each pod ran vLLM with the argv of its rank (the one gantry-runtime logged).
