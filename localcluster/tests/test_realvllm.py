@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -165,3 +166,72 @@ def test_install_log_status(tmp_path: Path) -> None:
     assert venvs.log_status(log) == 0
     log.write_text("done 1\n")
     assert venvs.log_status(log) == 1
+
+
+GROUP_SPEC = LaunchSpec.from_json(
+    json.dumps(
+        {
+            **json.loads(SPEC.to_json()),
+            "tensor_parallel_size": 4,
+            "pipeline_parallel_size": 2,
+            "nnodes": 2,
+            "layout": "pipeline",
+        }
+    )
+)
+
+
+def test_a_multi_node_pod_runs_one_cpu_process_per_stage_compiled_on_loopback(
+    tmp_path: Path,
+) -> None:
+    fake_model(tmp_path / "models" / "gpt-oss-20b")
+    env = {
+        **POD_ENV,
+        ENV_VAR: GROUP_SPEC.to_json(),
+        "GLOO_SOCKET_IFNAME": "eth0",
+        "NCCL_SOCKET_IFNAME": "eth0",
+    }
+    prepared = prepare(tmp_path, env)
+    spec = LaunchSpec.from_json(prepared.env[ENV_VAR])
+    assert (spec.nnodes, spec.tensor_parallel_size, spec.pipeline_parallel_size) == (2, 1, 2)
+    assert spec.extra_args[-1] == ("--kv-cache-memory-bytes", str(realvllm.KV_CACHE_BYTES))
+    assert ("--enforce-eager", None) not in spec.extra_args
+    assert prepared.env["GLOO_SOCKET_IFNAME"] == prepared.env["NCCL_SOCKET_IFNAME"] == "lo"
+    notes = "\n".join(prepared.notes)
+    assert "--tensor-parallel-size 4 -> 1" in notes
+    assert "env GLOO_SOCKET_IFNAME=eth0 -> lo" in notes
+    assert f"({realvllm.CLI_MODULE})" in notes
+
+
+FAKE_PYTHON = """#!/bin/sh
+# Runs the shim (its shebang names this file) with a real Python, and prints any other argv.
+case "$1" in
+  */vllm) exec {python} "$@" ;;
+  *) printf '%s\\0' "$@" ;;
+esac
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "module"),
+    [
+        (["serve", "/m", "--port", "8000"], "vllm.entrypoints.openai.api_server"),
+        (["serve", "/m", "--nnodes", "2", "--node-rank", "1", "--headless"], None),
+    ],
+)
+def test_the_shim_runs_vllms_cli_for_a_group_and_the_api_server_otherwise(
+    tmp_path: Path, args: list[str], module: str | None
+) -> None:
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON.format(python=sys.executable))
+    fake.chmod(0o755)
+    shim = realvllm.shim_dir(tmp_path, fake) / "vllm"
+    ran = subprocess.run([str(shim), *args], capture_output=True, text=True, check=True)
+    argv = ran.stdout.split("\0")[:-1]
+    if module is not None:
+        assert argv == ["-m", module, "--model", *args[1:]]
+    else:
+        assert argv[0] == "-c"
+        assert "from vllm.entrypoints.cli.main import main" in argv[1]
+        assert '+ "+cpu"' in argv[1]
+        assert argv[2:] == args
