@@ -179,11 +179,12 @@ def test_a_replica_larger_than_a_node_is_one_group_on_distinct_nodes(
     lws = space.get("leaderworkerset", name)
     assert lws["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
     assert pod_env(worker)["LWS_LEADER_ADDRESS"] == f"{name}-0.{name}-0.{space.name}"
-    # LeaderWorkerSet's headless Service for the group's DNS names is its own, apart from the
-    # ModelDeployment's serving Service.
+    # LeaderWorkerSet's headless Service for the group's DNS names (one per group, owned by its
+    # leader pod) is apart from the ModelDeployment's serving Service.
     headless = space.get("service", f"{name}-0")
     assert headless["spec"]["clusterIP"] == "None"
-    assert headless["metadata"]["ownerReferences"][0]["kind"] == "LeaderWorkerSet"
+    (owner,) = headless["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"]) == ("Pod", f"{name}-0")
     assert pod_env(worker)["LWS_WORKER_INDEX"] == "1"
     assert pod_env(leader)["LWS_GROUP_SIZE"] == "2"
     # Each pod ran the argv the plan calls for at its rank; the worker joined the leader's IP.
