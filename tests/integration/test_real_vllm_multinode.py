@@ -122,6 +122,14 @@ def served_models(ip: str) -> list[dict[str, Any]]:
         return list(json.loads(response.read())["data"])
 
 
+def answers(ip: str, runner: ProcessRunner) -> bool:
+    """The real server at ``ip`` is up and serves this module's staged model."""
+    try:
+        return any(m["root"].startswith(str(runner.models_dir)) for m in served_models(ip))
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def process_of(runner: ProcessRunner, pod: dict[str, Any]) -> RuntimeProcess:
     (found,) = [p for p in runner.processes().values() if p.uid == pod["metadata"]["uid"]]
     return found
@@ -134,15 +142,18 @@ def test_a_two_node_group_serves_a_chat_completion_from_real_vllm(
     assert space.apply(manifest()).returncode == 0
 
     def group_ready() -> dict[str, dict[str, Any]] | None:
-        found = groups(space, NAME)
-        members = found.get("0", {})
-        if len(members) == 2 and all(ready(p) for p in members.values()):
+        # kwok marks a new pod Ready at once, before the runner starts its vLLM and reports it
+        # Starting; so the group counts as Ready only once its leader's real server answers.
+        members = groups(space, NAME).get("0", {})
+        complete = len(members) == 2 and all(ready(p) for p in members.values())
+        if complete and answers(members["0"]["status"]["podIP"], runner):
             return members
         return None
 
     members = wait_for(group_ready, START, f"{NAME}: leader and worker Ready") or {}
     say(f"group Ready {time.monotonic() - started:.0f}s after kubectl apply")
     space.wait_condition(NAME, "Ready", "True")
+    assert all(ready(p) for p in groups(space, NAME)["0"].values())
     plan = space.get("md", NAME)["status"]["plan"]
     assert (plan["layout"], int(plan["nodesPerReplica"])) == ("pipeline", 2)
     leader, worker = members["0"], members["1"]
