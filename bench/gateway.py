@@ -13,13 +13,21 @@ gateway's figures include that contention: each run prints the machine's busy sh
 and, through the gateway, the gateway process's CPU time per request.
 
 ttft        ``--clients`` concurrent streaming users for ``--seconds``, each in a loop: a chat
-            request of ``max_tokens`` 32 (streamed at 100 tokens/s) then ``--think`` seconds of
-            think time. Time to first token (the first SSE event with text) at p50 and p99,
-            direct (users round-robin over the pod IPs), through a plain Kubernetes Service
-            (kube-proxy in nftables mode, when it can run: see localcluster/kube_proxy.py) and
-            through the gateway; then the same with ``--low-clients`` users (the gateway's
-            own added latency when the cores are not saturated); the round is run twice, so
-            drift shows.
+            request of ``max_tokens`` 32 (streamed at 100 tokens/s) then a think time drawn
+            from an exponential distribution of mean ``--think`` seconds (each user also starts
+            after a random part of one think time), as load generators model independent users.
+            Time to first token (the first SSE event with text) at p50 and p99, direct (users
+            round-robin over the pod IPs), through a plain Kubernetes Service (kube-proxy in
+            nftables mode, when it can run: see localcluster/kube_proxy.py) and through the
+            gateway; then the same with ``--low-clients`` users (the gateway's own added
+            latency when the cores are not saturated). The paths take turns for ``--rounds``
+            runs of ``--seconds`` each, and each path's percentiles are over all of its runs'
+            requests (each run's p99 is printed too: on a shared 2-core machine it moves by
+            tens of milliseconds from run to run).
+bursts      The ``--clients`` users in lockstep instead: all start together and think exactly
+            ``--think`` seconds, so every ``--think`` + 0.3 s all of them send within a few
+            milliseconds (the worst case for any proxy that takes requests in turn): once per
+            path, for the record.
 throughput  ``--rps-clients`` concurrent non-streaming clients (``max_tokens`` 1, no think
             time) for ``--seconds``: requests per second answered on each path, and the
             gateway process's CPU time per request (user + system, from /proc), which says
@@ -38,6 +46,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -216,8 +225,17 @@ async def one(
 
 
 async def closed_loop(
-    urls: list[str], clients: int, seconds: float, stream: bool, max_tokens: int, think: float = 0
+    urls: list[str],
+    clients: int,
+    seconds: float,
+    stream: bool,
+    max_tokens: int,
+    think: float = 0,
+    lockstep: bool = False,
 ) -> Run:
+    """``clients`` users each sending one request at a time for ``seconds``: with ``think``,
+    independent users (exponential think times of that mean, staggered starts; seeded, so
+    every path sees the same sequence) or, with ``lockstep``, users in step (fixed think)."""
     run = Run()
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=120)
@@ -225,13 +243,16 @@ async def closed_loop(
         deadline = time.monotonic() + seconds
 
         async def client(i: int) -> None:
+            draw = random.Random(i)
             n = 0
+            if think and not lockstep:
+                await asyncio.sleep(draw.uniform(0, think))
             while time.monotonic() < deadline:
                 url = urls[(i + n) % len(urls)]
                 n += 1
                 run.outcomes.append(await one(session, url, stream, max_tokens, f"Hi {i} {n}"))
                 if think:
-                    await asyncio.sleep(think)
+                    await asyncio.sleep(think if lockstep else draw.expovariate(1 / think))
 
         started = time.monotonic()
         await asyncio.gather(*(client(i) for i in range(clients)))
@@ -377,7 +398,10 @@ def main() -> int:
     )
     parser.add_argument("--rps-clients", type=int, default=64, help="clients (throughput)")
     parser.add_argument("--delete-clients", type=int, default=30)
-    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds per run")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="ttft runs per path (taking turns, pooled)"
+    )
     args = parser.parse_args()
     no_proxy = kube_proxy.unavailable()
     with (
@@ -405,10 +429,13 @@ def main() -> int:
         assert gateway.process is not None
         gateway_pid = gateway.process.pid
 
-        def measured(urls: list[str], clients: int, stream: bool, tokens: int, think: float) -> Run:
+        def measured(
+            urls: list[str], clients: int, stream: bool, tokens: int, think: float, lockstep: bool
+        ) -> Run:
             busy = Busy().start()
             before = cpu_seconds(gateway_pid)
-            run = run_loop(closed_loop(urls, clients, args.seconds, stream, tokens, think))
+            load = closed_loop(urls, clients, args.seconds, stream, tokens, think, lockstep)
+            run = run_loop(load)
             run.gateway_cpu = cpu_seconds(gateway_pid) - before
             run.busy = busy.stop().share
             return run
@@ -419,17 +446,21 @@ def main() -> int:
                 run_loop(closed_loop(urls, 20, 3, True, 16))
             ttft: dict[str, list[Run]] = {label: [] for label in paths}
             low: dict[str, list[Run]] = {label: [] for label in paths}
-            for _ in range(2):
+            bursts: dict[str, list[Run]] = {label: [] for label in paths}
+            for _ in range(args.rounds):
                 for label, urls in paths.items():
                     say(f"ttft: {args.clients} streaming users, {label}")
-                    ttft[label].append(measured(urls, args.clients, True, 32, args.think))
+                    ttft[label].append(measured(urls, args.clients, True, 32, args.think, False))
                 for label, urls in paths.items():
                     say(f"ttft: {args.low_clients} streaming users, {label}")
-                    low[label].append(measured(urls, args.low_clients, True, 32, args.think))
+                    low[label].append(measured(urls, args.low_clients, True, 32, args.think, False))
+            for label, urls in paths.items():
+                say(f"bursts: {args.clients} streaming users in lockstep, {label}")
+                bursts[label].append(measured(urls, args.clients, True, 32, args.think, True))
             rps: dict[str, Run] = {}
             for label, urls in paths.items():
                 say(f"throughput: {args.rps_clients} clients, {label}")
-                rps[label] = measured(urls, args.rps_clients, False, 1, 0)
+                rps[label] = measured(urls, args.rps_clients, False, 1, 0, False)
         finally:
             if proxy is not None:
                 proxy.stop()
@@ -438,34 +469,35 @@ def main() -> int:
 
     print(f"\ngateway benchmark: {args.replicas} simulator replicas, one gantry-gateway process")
 
-    def ttft_table(runs_by_label: dict[str, list[Run]], clients: int) -> None:
-        print(f"  ttft, {clients} streaming users, {args.think:g} s think time, "
-              f"{args.seconds:.0f} s per run")  # fmt: skip
-        print("                   p50 ms    p99 ms   requests  errors  machine busy  "
+    def ttft_table(runs_by_label: dict[str, list[Run]], clients: int, users: str) -> None:
+        rounds = len(next(iter(runs_by_label.values())))
+        print(f"  ttft, {clients} streaming users {users}, {args.think:g} s think time, "
+              f"{rounds} x {args.seconds:.0f} s per path, paths taking turns")  # fmt: skip
+        print("               p50 ms   p99 ms  p99 per run ms  requests  errors  machine busy  "
               "gateway CPU/request")  # fmt: skip
+        pooled: dict[str, list[float]] = {}
         for label, runs in runs_by_label.items():
-            for i, run in enumerate(runs):
-                values = run.ttfts()
-                errors = sum(not o.ok for o in run.outcomes)
-                per = f"{run.gateway_cpu / len(run.outcomes) * 1000:.2f} ms" if label == (
-                    "gateway") and run.outcomes else ""  # fmt: skip
-                print(
-                    f"  {label:8} run {i + 1}  {percentile(values, 0.5) * 1000:7.1f}  "
-                    f"{percentile(values, 0.99) * 1000:8.1f}  {len(run.outcomes):9d}  "
-                    f"{errors:6d}  {run.busy * 100:11.0f}%  {per:>19}"
-                )
-
-        def median_of(label: str, q: float) -> float:
-            return statistics.median(percentile(r.ttfts(), q) for r in runs_by_label[label])
-
-        for label in [x for x in runs_by_label if x != "direct"]:
-            p50 = (median_of(label, 0.5) - median_of("direct", 0.5)) * 1000
-            p99 = (median_of(label, 0.99) - median_of("direct", 0.99)) * 1000
+            values = pooled[label] = sorted(t for run in runs for t in run.ttfts())
+            outcomes = [o for run in runs for o in run.outcomes]
+            errors = sum(not o.ok for o in outcomes)
+            each = "/".join(f"{percentile(run.ttfts(), 0.99) * 1000:.0f}" for run in runs)
+            busy = statistics.mean(run.busy for run in runs)
+            cpu = sum(run.gateway_cpu for run in runs)
+            per = f"{cpu / len(outcomes) * 1000:.2f} ms" if label == "gateway" and outcomes else ""
+            print(
+                f"  {label:8}  {percentile(values, 0.5) * 1000:7.1f}  "
+                f"{percentile(values, 0.99) * 1000:7.1f}  {each:>14}  {len(outcomes):8d}  "
+                f"{errors:6d}  {busy * 100:11.0f}%  {per:>19}"
+            )
+        for label in [x for x in pooled if x != "direct"]:
+            p50 = (percentile(pooled[label], 0.5) - percentile(pooled["direct"], 0.5)) * 1000
+            p99 = (percentile(pooled[label], 0.99) - percentile(pooled["direct"], 0.99)) * 1000
             print(f"  {label} adds to ttft: p50 {p50:+.1f} ms, p99 {p99:+.1f} ms")
 
-    ttft_table(ttft, args.clients)
+    ttft_table(ttft, args.clients, "(independent)")
     print("  (targets for the gateway: <= 2 ms at p50, <= 10 ms at p99)")
-    ttft_table(low, args.low_clients)
+    ttft_table(low, args.low_clients, "(independent)")
+    ttft_table(bursts, args.clients, "in lockstep (bursts)")
     print(f"  throughput, {args.rps_clients} non-streaming clients, max_tokens 1")
     for label, run in rps.items():
         errors = sum(not o.ok for o in run.outcomes)

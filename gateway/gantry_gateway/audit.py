@@ -87,10 +87,11 @@ def request_content(body: Any) -> Any:
 class AuditLog:
     """Appends audit lines to a file (or stdout).
 
-    Without ``defer`` each line is written and flushed at once. With ``defer`` (the event
-    loop's ``call_soon``) the lines of requests that end in the same turn of the loop are
-    written and flushed together at the end of that turn: one write call for many lines under
-    load, and no line waits longer than the turn that finished its request."""
+    Without ``defer`` each line is written and flushed at once. With ``defer`` (a function
+    that schedules a call on the event loop, e.g. a short ``call_later``) the first line after a
+    flush schedules the next flush, and the lines of every request that ends before it runs are
+    written and flushed together: one write call for many lines under load, and no line waits
+    longer than the deferral."""
 
     def __init__(
         self,
@@ -119,7 +120,7 @@ class AuditLog:
     def flush(self) -> None:
         with self._lock:
             lines, self._pending = self._pending, []
-            if lines:
+            if lines and not self._stream.closed:
                 lines.append("")
                 self._stream.write("\n".join(lines))
                 self._stream.flush()

@@ -1,6 +1,9 @@
-"""The OpenAI-compatible HTTP front (aiohttp): authenticate, limit, route, hold, forward,
-account. Streams pass through chunk by chunk; a client that goes away cancels the upstream
-request (the server runs with handler cancellation)."""
+"""The OpenAI-compatible front: authenticate, limit, route, hold, forward, account.
+
+Requests arrive through ``server.py`` and go to the pods through ``upstream.py``; a streamed
+answer is relayed chunk by chunk from the upstream connection's read callback to the client's
+transport, and a client that goes away cancels the request (its upstream connection is
+dropped, which vLLM takes as an abort)."""
 
 from __future__ import annotations
 
@@ -8,19 +11,15 @@ import asyncio
 import json
 import logging
 import re
-import socket
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from aiohttp import web
-from aiohttp.abc import AbstractResolver, ResolveResult
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from yarl import URL
 
 from gantry_gateway import errors, usage
 from gantry_gateway.audit import AuditLog, AuditRecord, now_rfc3339, request_content
@@ -28,9 +27,11 @@ from gantry_gateway.config import GatewayConfig
 from gantry_gateway.errors import GatewayError
 from gantry_gateway.limits import Limiter
 from gantry_gateway.metrics import Metrics
+from gantry_gateway.server import HttpConnection, Request
 from gantry_gateway.state import State
 from gantry_gateway.tenants import Tenant
-from gantry_gateway.view import REPLICA_DOMAIN, ModelEntry, Replica
+from gantry_gateway.upstream import ConnectError, UpstreamConnection, UpstreamError, UpstreamPool
+from gantry_gateway.view import ModelEntry, Replica
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,8 @@ RETRY_SECONDS = 5
 #: Pause before trying replicas again once each has refused a connection.
 CONNECT_RETRY_PAUSE = 0.5
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-FORWARDED_RESPONSE_HEADERS = ("Content-Type",)
-MAX_CACHED_URLS = 4096
-
-STATE_KEY = web.AppKey("state", State)
-CONFIG_KEY = web.AppKey("config", GatewayConfig)
+JSON = (("Content-Type", "application/json"),)
+TEXT = (("Content-Type", "text/plain; charset=utf-8"),)
 
 
 @dataclass
@@ -54,7 +52,7 @@ class Services:
     limiter: Limiter
     metrics: Metrics
     audit: AuditLog
-    session: aiohttp.ClientSession
+    pool: UpstreamPool
     #: Scale a ModelDeployment from zero (runs the API call off the event loop).
     wake: Callable[[ModelEntry], None]
 
@@ -63,8 +61,8 @@ def _labels(entry: ModelEntry | None) -> tuple[str, str]:
     return (entry.namespace, entry.name) if entry else ("", "")
 
 
-def _bearer(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     return key.strip() if scheme.lower() == "bearer" and key.strip() else None
 
@@ -73,21 +71,27 @@ class Handler:
     def __init__(self, services: Services, expected_streams: set[str]) -> None:
         self.s = services
         self.expected = expected_streams
-        #: Upstream URLs by (replica host, port, path), parsed once.
-        self._urls: dict[tuple[str, int, str], URL] = {}
 
-    def _url(self, replica: Replica, path: str) -> URL:
-        key = (replica.host, replica.port, path)
-        url = self._urls.get(key)
-        if url is None:
-            if len(self._urls) >= MAX_CACHED_URLS:  # pods come and go
-                self._urls.clear()
-            url = self._urls[key] = URL.build(scheme="http", host=key[0], port=key[1], path=path)
-        return url
+    async def __call__(self, request: Request, conn: HttpConnection) -> None:
+        """Route one request (the server's handler)."""
+        path, method = request.path, request.method
+        if path in ROUTES:
+            if method == "POST":
+                return await self.infer(request, conn)
+            allowed = "POST"
+        elif path in GETS:
+            if method in ("GET", "HEAD"):
+                return GETS[path](self, request, conn)
+            allowed = "GET, HEAD"
+        else:
+            failure = GatewayError(404, f"No route {path}; the API is under /v1.", code="not_found")
+            return conn.respond(404, failure.headers().items(), failure.body())
+        failure = GatewayError(405, f"{path} takes {allowed}.", code="method_not_allowed")
+        conn.respond(405, [*failure.headers().items(), ("Allow", allowed)], failure.body())
 
     # --- authentication -------------------------------------------------------------------
 
-    def authenticate(self, request: web.Request) -> Tenant:
+    def authenticate(self, request: Request) -> Tenant:
         key = _bearer(request)
         if not len(self.s.state.tenants):
             raise errors.unauthorized(
@@ -103,11 +107,11 @@ class Handler:
 
     # --- /v1/models ---------------------------------------------------------------------------
 
-    async def models(self, request: web.Request) -> web.Response:
+    def models(self, request: Request, conn: HttpConnection) -> None:
         try:
             tenant = self.authenticate(request)
         except GatewayError as exc:
-            return web.Response(status=exc.status, body=exc.body(), headers=exc.headers())
+            return conn.respond(exc.status, exc.headers().items(), exc.body())
         data = [
             {
                 "id": served,
@@ -118,39 +122,34 @@ class Handler:
             for served, key in sorted(self.s.state.catalog.by_served.items())
             if tenant.allows(served)
         ]
-        return web.json_response({"object": "list", "data": data})
+        conn.respond(200, JSON, json.dumps({"object": "list", "data": data}).encode())
 
     # --- inference routes -------------------------------------------------------------------
 
-    async def _body(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
-        limit = self.s.config.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise errors.too_large(limit)
-        data = await request.content.read(limit + 1)
-        if len(data) > limit:
-            raise errors.too_large(limit)
+    def _body(self, request: Request) -> dict[str, Any]:
+        if request.too_large:
+            raise errors.too_large(self.s.config.max_body_bytes)
         try:
-            body = json.loads(data)
+            body = json.loads(request.body)
         except ValueError as exc:
             raise errors.bad_request(f"The request body is not valid JSON: {exc}") from None
         if not isinstance(body, dict):
             raise errors.bad_request("The request body must be a JSON object.")
-        return data, body
+        return body
 
-    async def infer(self, request: web.Request) -> web.StreamResponse:
+    async def infer(self, request: Request, conn: HttpConnection) -> None:
         started = time.monotonic()
-        incoming = request.headers.get("X-Request-Id", "")
+        incoming = request.headers.get("x-request-id", "")
         record = AuditRecord(
             time=now_rfc3339(),
             request_id=incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex,
         )
         entry: ModelEntry | None = None
         body: dict[str, Any] = {}
-        response: web.StreamResponse | None = None
         try:
             tenant = self.authenticate(request)
             record.tenant = tenant.name
-            raw, body = await self._body(request)
+            body = self._body(request)
             model = body.get("model")
             if not isinstance(model, str) or not model:
                 raise errors.bad_request("Set 'model' to a model name from /v1/models.", "model")
@@ -186,10 +185,11 @@ class Handler:
                 )
             if self.s.config.audit_include_content:
                 record.prompt = request_content(body)
-            response = await self.forward(request, entry, tenant, raw, body, record, started)
+            await self.forward(request, conn, entry, tenant, body, record, started)
         except GatewayError as exc:
             record.status, record.error = exc.status, exc.code
-            response = web.Response(status=exc.status, body=exc.body(), headers=exc.headers())
+            headers = [*exc.headers().items(), ("X-Request-Id", record.request_id)]
+            conn.respond(exc.status, headers, exc.body())
         except asyncio.CancelledError:
             if not record.delivered:
                 record.status, record.error = 499, "client_disconnected"
@@ -199,9 +199,11 @@ class Handler:
             log.exception("Request %s failed", record.request_id)
             failure = GatewayError(500, "The gateway failed; see its log.", "server_error")
             record.status, record.error = 500, "internal_error"
-            response = web.Response(status=500, body=failure.body(), headers=failure.headers())
+            if conn.started:  # the stream ends short; the client sees it incomplete
+                conn.end_stream()
+            else:
+                conn.respond(500, failure.headers().items(), failure.body())
         self._finish(record, entry, started)
-        return response
 
     def _finish(self, record: AuditRecord, entry: ModelEntry | None, started: float) -> None:
         record.duration_seconds = time.monotonic() - started
@@ -248,35 +250,55 @@ class Handler:
 
     async def forward(
         self,
-        request: web.Request,
+        request: Request,
+        conn: HttpConnection,
         entry: ModelEntry,
         tenant: Tenant,
-        raw: bytes,
         body: dict[str, Any],
         record: AuditRecord,
         started: float,
-    ) -> web.StreamResponse:
+    ) -> None:
         state, metrics = self.s.state, self.s.metrics
         ns, md = _labels(entry)
-        headers = {"Content-Type": "application/json", "X-Request-Id": record.request_id}
         tried: set[str] = set()
         first_refusal = 0.0
         replica = await self._replica(entry, body)
         gauge = metrics.child(metrics.outstanding, ns, md)
+        fresh = False
         while True:
             record.replica = replica.pod
             tried.add(replica.address)
             state.begin(replica)
             gauge.inc()
+            upstream: UpstreamConnection | None = None
+            relay = _Relay(conn, record, started, self.s.config.audit_include_content)
             try:
-                upstream = await self.s.session.post(
-                    self._url(replica, request.path),
-                    data=raw,
-                    headers=headers,
-                )
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                key = (replica.namespace, replica.pod, replica.address)
+                upstream = await self.s.pool.acquire(key, replica.ip, replica.port, fresh)
+                upstream.send(_upstream_request(request, replica, record.request_id), relay.head)
+                data = await upstream.finish()
+            except (ConnectError, UpstreamError) as exc:
                 state.end(replica)
                 gauge.dec()
+                if upstream is not None:
+                    upstream.abort()
+                if isinstance(exc, UpstreamError):
+                    if relay.streaming:
+                        relay.fail(
+                            f"Replica pod {replica.pod} failed during the stream ({exc}); the "
+                            "response is incomplete."
+                        )
+                        return self._finish_stream(relay, tenant, body)
+                    if upstream is None or not upstream.reused or exc.answered or fresh:
+                        raise errors.upstream_failed(
+                            f"Replica pod {replica.pod} failed before answering ({exc}); not "
+                            "retried because it may have processed the request."
+                        ) from None
+                    # A kept-alive connection the pod closed as it was reused: the pod read
+                    # nothing; the same pod again, on a new connection.
+                    fresh = True
+                    continue
+                fresh = False
                 nxt = state.pick(entry, body, frozenset(tried))
                 if nxt is None:
                     # Every Ready replica refused: a pod marked Ready before its server
@@ -298,99 +320,40 @@ class Handler:
                 record.retries += 1
                 replica = nxt
                 continue
-            except aiohttp.ClientError as exc:  # sent, then the replica failed: not retried
+            except BaseException:  # cancelled: the client went away
                 state.end(replica)
                 gauge.dec()
-                raise errors.upstream_failed(
-                    f"Replica pod {replica.pod} failed before answering ({exc.__class__.__name__}"
-                    "); not retried because it may have processed the request."
-                ) from None
-            except BaseException:
-                state.end(replica)
-                gauge.dec()
+                if upstream is not None:
+                    upstream.abort()
+                if relay.streaming:
+                    record.delivered = record.delivered or relay.scanner.done
+                    self._account(record, tenant, relay.scanner.result(body))
                 raise
-            try:
-                return await self._relay(request, upstream, replica, tenant, body, record, started)
-            finally:
-                upstream.release()
-                state.end(replica)
-                gauge.dec()
-
-    async def _relay(
-        self,
-        request: web.Request,
-        upstream: aiohttp.ClientResponse,
-        replica: Replica,
-        tenant: Tenant,
-        body: dict[str, Any],
-        record: AuditRecord,
-        started: float,
-    ) -> web.StreamResponse:
-        headers = {
-            h: upstream.headers[h] for h in FORWARDED_RESPONSE_HEADERS if h in upstream.headers
-        }
-        headers["X-Request-Id"] = record.request_id
-        record.status = upstream.status
-        if upstream.status >= 400:
-            record.error = "upstream_status"
-        content_type = upstream.headers.get("Content-Type", "")
-        if not content_type.startswith("text/event-stream"):
-            try:
-                data = await upstream.read()
-            except aiohttp.ClientError as exc:
-                raise errors.upstream_failed(
-                    f"Replica pod {replica.pod} failed during the request ({exc}); it was not "
-                    "retried because it may have been processed."
-                ) from None
+            self.s.pool.release(upstream)
+            state.end(replica)
+            gauge.dec()
+            if relay.streaming:
+                return self._finish_stream(relay, tenant, body)
             record.ttft_seconds = time.monotonic() - started
-            self._account(
-                record, tenant, usage.from_body(data, body) if upstream.status < 400 else None
-            )
+            used = usage.from_body(data, body) if record.status < 400 else None
+            self._account(record, tenant, used)
             if self.s.config.audit_include_content:
                 record.completion = data.decode(errors="replace")
-            return web.Response(status=upstream.status, body=data, headers=headers)
-        response = web.StreamResponse(status=upstream.status, headers=headers)
-        await response.prepare(request)
-        scanner = usage.StreamScanner()
-        content: list[bytes] = []
-        keep_content = self.s.config.audit_include_content
-        stream = upstream.content
-        try:
-            while True:
-                try:
-                    chunk = await stream.readany()  # whatever has arrived, as it arrives
-                except aiohttp.ClientError as exc:
-                    record.status, record.error = 502, "upstream_error"
-                    message = (
-                        f"Replica pod {replica.pod} failed during the stream "
-                        f"({exc.__class__.__name__}); the response is incomplete."
-                    )
-                    event = errors.error_body(message, "server_error", "upstream_error")
-                    await response.write(b"data: " + event + b"\n\n")
-                    break
-                if not chunk:  # the end of the stream
-                    break
-                if record.ttft_seconds is None:
-                    record.ttft_seconds = time.monotonic() - started
-                scanner.feed(chunk)
-                if keep_content:
-                    content.append(chunk)
-                await response.write(chunk)
-            record.delivered = True
-            await response.write_eof()
-        except ConnectionResetError:  # the client went away (aiohttp's write error)
-            if not record.delivered:
+            return conn.respond(record.status, relay.headers, data)
+
+    def _finish_stream(self, relay: _Relay, tenant: Tenant, body: dict[str, Any]) -> None:
+        record, conn = relay.record, relay.conn
+        if conn.closed:
+            # A client may close as soon as it has read the stream's closing event, before
+            # the upstream's end: it has had the whole answer (no 499).
+            if not relay.scanner.done:
                 record.status, record.error = 499, "client_disconnected"
-        except asyncio.CancelledError:
-            # A client may close as soon as it has read the stream's closing event, before the
-            # upstream's end or the closing chunk: it has had the whole answer (no 499).
-            record.delivered = record.delivered or scanner.done
-            raise
-        finally:
-            self._account(record, tenant, scanner.result(body))
-            if content:
-                record.completion = b"".join(content).decode(errors="replace")
-        return response
+        else:
+            record.delivered = True
+        conn.end_stream()
+        self._account(record, tenant, relay.scanner.result(body))
+        if relay.content:
+            record.completion = b"".join(relay.content).decode(errors="replace")
 
     def _account(self, record: AuditRecord, tenant: Tenant, used: usage.Usage | None) -> None:
         if used is None:
@@ -403,72 +366,76 @@ class Handler:
 
     # --- probes -------------------------------------------------------------------------------
 
-    async def healthz(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok")
+    def healthz(self, request: Request, conn: HttpConnection) -> None:
+        conn.respond(200, TEXT, b"ok")
 
-    async def readyz(self, request: web.Request) -> web.Response:
+    def readyz(self, request: Request, conn: HttpConnection) -> None:
         if self.s.state.synced >= self.expected:
-            return web.Response(text="ok")
-        return web.Response(status=503, text="watches not listed yet")
+            conn.respond(200, TEXT, b"ok")
+        else:
+            conn.respond(503, TEXT, b"watches not listed yet")
 
 
-class ReplicaResolver(AbstractResolver):
-    """Resolves ``Replica.host`` names from the gateway's own view (no DNS): a pod that is no
-    longer Ready resolves to nothing, which the caller retries on another replica."""
+class _Relay:
+    """One answer on its way from a pod to the client. ``head`` runs in the upstream
+    connection's read callback when the answer's head arrives: a stream's head goes to the
+    client at once and its body follows chunk by chunk from that callback (``chunk``); any
+    other answer is gathered and sent whole."""
 
-    def __init__(self, state: State) -> None:
-        self.state = state
+    def __init__(
+        self, conn: HttpConnection, record: AuditRecord, started: float, keep: bool
+    ) -> None:
+        self.conn, self.record, self.started = conn, record, started
+        self.headers = [("X-Request-Id", record.request_id)]
+        self.streaming = False
+        self.scanner = usage.StreamScanner()
+        self.content: list[bytes] | None = [] if keep else None
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        replica = self.state.catalog.by_host(host)
-        if replica is None:
-            raise OSError(f"pod {host.removesuffix('.' + REPLICA_DOMAIN)} is not a Ready replica")
-        ip = replica.ip
-        return [
-            {
-                "hostname": host,
-                "host": ip,
-                "port": port,
-                "family": socket.AF_INET6 if ":" in ip else socket.AF_INET,
-                "proto": 0,
-                "flags": socket.AI_NUMERICHOST,
-            }
-        ]
+    def head(self, upstream: UpstreamConnection) -> Callable[[bytes], None] | None:
+        record = self.record
+        record.status = upstream.status
+        if upstream.status >= 400:
+            record.error = "upstream_status"
+        if upstream.content_type:
+            self.headers.append(("Content-Type", upstream.content_type))
+        if not upstream.content_type.startswith("text/event-stream") or self.conn.closed:
+            return None
+        self.streaming = True
+        self.conn.start_stream(upstream.status, self.headers)
+        # A slow client pauses the pod's connection (its buffer is full) until it drains.
+        self.conn.on_pause, self.conn.on_resume = upstream.pause_reading, upstream.resume_reading
+        return self.chunk
 
-    async def close(self) -> None:
-        return None
+    def chunk(self, data: bytes) -> None:
+        if self.record.ttft_seconds is None:
+            self.record.ttft_seconds = time.monotonic() - self.started
+        self.scanner.feed(data)
+        if self.content is not None:
+            self.content.append(data)
+        self.conn.write(data)
+
+    def fail(self, message: str) -> None:
+        """The pod failed mid-stream: an error event ends what the client gets."""
+        self.record.status, self.record.error = 502, "upstream_error"
+        event = errors.error_body(message, "server_error", "upstream_error")
+        self.conn.write(b"data: " + event + b"\n\n")
 
 
-def connector(state: State) -> aiohttp.TCPConnector:
-    """Upstream connections: pooled per pod, resolved from the view, unlimited in number."""
-    return aiohttp.TCPConnector(
-        limit=0, resolver=ReplicaResolver(state), use_dns_cache=False, enable_cleanup_closed=True
+GETS: dict[str, Callable[[Handler, Request, HttpConnection], None]] = {
+    "/v1/models": Handler.models,
+    "/healthz": Handler.healthz,
+    "/readyz": Handler.readyz,
+}
+
+
+def _upstream_request(request: Request, replica: Replica, request_id: str) -> bytes:
+    """The request for the pod: the client's body as received, the gateway's own headers."""
+    head = (
+        f"POST {request.path} HTTP/1.1\r\nHost: {replica.address}\r\n"
+        f"Content-Type: application/json\r\nX-Request-Id: {request_id}\r\n"
+        f"Content-Length: {len(request.body)}\r\n\r\n"
     )
-
-
-def client_session(state: State, config: GatewayConfig) -> aiohttp.ClientSession:
-    """The one upstream session: kept-alive connections per pod, no cookie jar (the gateway
-    forwards no cookies, and a jar is looked up and updated on every request otherwise), no
-    decompression (bodies pass through as sent), no User-Agent of its own."""
-    return aiohttp.ClientSession(
-        connector=connector(state),
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_seconds),
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("User-Agent",),
-    )
-
-
-def api_app(handler: Handler, max_body: int) -> web.Application:
-    app = web.Application(client_max_size=max_body)
-    app.router.add_get("/v1/models", handler.models)
-    for path in ROUTES:
-        app.router.add_post(path, handler.infer)
-    app.router.add_get("/healthz", handler.healthz)
-    app.router.add_get("/readyz", handler.readyz)
-    return app
+    return head.encode("latin-1") + request.body
 
 
 def metrics_app(metrics: Metrics) -> web.Application:

@@ -46,12 +46,6 @@ class ModelEntry:
         return (self.namespace, self.name)
 
 
-#: Suffix of the names the gateway connects to (``<pod>.<namespace>.replica.gantry``, resolved
-#: from its own view): the connection pool is per pod, so a new pod that reuses a deleted pod's
-#: IP never gets the deleted pod's stale keep-alive connections.
-REPLICA_DOMAIN = "replica.gantry"
-
-
 @dataclass(frozen=True)
 class Replica:
     """A Ready runtime pod that serves requests."""
@@ -64,10 +58,6 @@ class Replica:
     @property
     def model_key(self) -> ModelKey:
         return (self.namespace, self.model_deployment)
-
-    @property
-    def host(self) -> str:
-        return f"{self.pod}.{self.namespace}.{REPLICA_DOMAIN}"
 
     @property
     def ip(self) -> str:
@@ -197,15 +187,6 @@ class Catalog:
             del self.replicas[key]
         for replica in replicas:
             self.replicas.setdefault(replica.model_key, {})[replica.pod] = replica
-
-    def by_host(self, host: str) -> Replica | None:
-        """The Ready replica a ``Replica.host`` name stands for."""
-        pod, _, rest = host.partition(".")
-        namespace = rest.removesuffix(f".{REPLICA_DOMAIN}")
-        for key, pods in self.replicas.items():
-            if key[0] == namespace and pod in pods:
-                return pods[pod]
-        return None
 
     def ready(self, key: ModelKey) -> list[Replica]:
         return list(self.replicas.get(key, {}).values())

@@ -14,19 +14,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import openai
 import pytest
-from aiohttp import web
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gantry_gateway.audit import AuditLog
 from gantry_gateway.config import GatewayConfig
 from gantry_gateway.limits import Limiter
+from gantry_gateway.main import loop_factory
 from gantry_gateway.metrics import Metrics
-from gantry_gateway.proxy import Handler, Services, api_app, connector
+from gantry_gateway.proxy import Handler, Services
+from gantry_gateway.server import HttpServer
 from gantry_gateway.state import State
+from gantry_gateway.upstream import UpstreamPool
 from gantry_gateway.view import ModelEntry, Replica, Strategy
 from gantry_runtime.simulator.testing import SimulatorThread
 
@@ -53,24 +54,27 @@ class GatewayThread:
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        # On the loop the gateway runs on (uvloop).
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            runner.run(self._main())
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         audit = AuditLog(self.audit_path, include_content=False)
-        async with aiohttp.ClientSession(connector=connector(self.state)) as session:
-            services = Services(
-                self.config, self.state, Limiter(), self.metrics, audit, session, lambda e: None
-            )
-            runner = web.AppRunner(
-                api_app(Handler(services, set()), 4096), handler_cancellation=True
-            )
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", self.port).start()
-            self._ready.set()
-            await self._stop.wait()
-            await runner.cleanup()
+        pool = UpstreamPool(self.config.connect_timeout_seconds)
+        services = Services(
+            self.config, self.state, Limiter(), self.metrics, audit, pool, lambda e: None
+        )
+        front = HttpServer(Handler(services, set()), 4096)
+        await front.start("127.0.0.1", self.port)
+        self._ready.set()
+        await self._stop.wait()
+        await front.shutdown(5)
+        pool.close()
         audit.close()
 
     def __enter__(self) -> GatewayThread:
@@ -390,3 +394,21 @@ def test_the_gateway_runs_on_uvloop_when_it_is_installed() -> None:
         assert isinstance(loop, uvloop.Loop)
     finally:
         loop.close()
+
+
+def test_unknown_routes_and_wrong_methods_get_openai_shaped_errors(gateway: GatewayThread) -> None:
+    base = f"http://127.0.0.1:{gateway.port}"
+    for method, path, status, allowed in (
+        ("GET", "/v2/nothing", 404, None),
+        ("GET", "/v1/chat/completions", 405, "POST"),
+        ("POST", "/v1/models", 405, "GET, HEAD"),
+    ):
+        request = urllib.request.Request(
+            base + path, method=method, data=b"" if method == "POST" else None
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            DIRECT.open(request, timeout=5)
+        with refused.value as error:
+            assert error.code == status
+            assert json.loads(error.read())["error"]["message"]
+            assert error.headers.get("Allow") == allowed
