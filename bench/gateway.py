@@ -18,9 +18,12 @@ ttft        ``--clients`` concurrent streaming users for ``--seconds``, each in 
             after a random part of one think time), as load generators model independent users.
             Time to first token (the first SSE event with text) at p50 and p99, direct (users
             round-robin over the pod IPs), through a plain Kubernetes Service (kube-proxy in
-            nftables mode, when it can run: see localcluster/kube_proxy.py) and through the
-            gateway; then the same with ``--low-clients`` users (the gateway's own added
-            latency when the cores are not saturated). The paths take turns for ``--rounds``
+            nftables mode, when it can run: see localcluster/kube_proxy.py), through the
+            gateway and, when Debian's nginx is installed, through nginx (one worker, least
+            connections, kept-alive upstream connections, no buffering): what a proxy written
+            in C adds on the same machine, the floor beside the gateway's figures; then the
+            same with ``--low-clients`` users (the gateway's own added latency when the cores
+            are not saturated). The paths take turns for ``--rounds``
             runs of ``--seconds`` each, and each path's percentiles are over all of its runs'
             requests (each run's p99 is printed too: on a shared 2-core machine it moves by
             tens of milliseconds from run to run).
@@ -47,14 +50,16 @@ import base64
 import json
 import os
 import random
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import Coroutine, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,7 +71,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from localcluster import build, kube_proxy, nodes  # noqa: E402
-from localcluster.cluster import LocalCluster  # noqa: E402
+from localcluster.cluster import LocalCluster, free_ports  # noqa: E402
 from localcluster.gateway_process import GatewayProcess  # noqa: E402
 from localcluster.log import sayer  # noqa: E402
 from localcluster.operator_process import CRD, OperatorProcess  # noqa: E402
@@ -320,6 +325,61 @@ def service_url(cluster: LocalCluster) -> str:
     return f"http://{service['spec']['clusterIP']}:{port}/v1/chat/completions"
 
 
+NGINX_CONF = """worker_processes 1;
+daemon off;
+error_log {dir}/error.log warn;
+pid {dir}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream pods {{ least_conn; {servers} keepalive 512; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://pods;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
+
+
+@contextmanager
+def nginx(pods: dict[str, str], state: Path) -> Iterator[str | None]:
+    """nginx (Debian's, when installed) as a reverse proxy to the same pods, one worker, least
+    connections, kept-alive upstream connections, no buffering: what a C proxy adds to TTFT on
+    this machine, the floor beside the gateway's figures. Yields its URL, or None."""
+    binary = shutil.which("nginx")
+    if binary is None:
+        yield None
+        return
+    home = state / "nginx"
+    home.mkdir()
+    (port,) = free_ports(1)
+    servers = " ".join(f"server {ip}:8000;" for ip in pods.values())
+    conf = home / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=home, servers=servers, port=port))
+    log = (home / "out.log").open("w")
+    process = subprocess.Popen(
+        [binary, "-c", str(conf), "-p", str(home)], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        wait_for(lambda: run_loop(answers(url)), 30, "nginx answers")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+async def answers(url: str) -> bool:
+    async with aiohttp.ClientSession() as session:
+        return (await one(session, url, False, 1, "ping")).ok
+
+
 def no_endpoints(cluster: LocalCluster) -> str | None:
     """Why the Service has no endpoint to route to, or None."""
     selector = f"kubernetes.io/service-name={NAME}"
@@ -407,12 +467,16 @@ def main() -> int:
     with (
         tempfile.TemporaryDirectory(prefix="gantry-bench-gw-") as tmp,
         bed(args.replicas, Path(tmp)) as (cluster, gateway),
+        ExitStack() as stack,
     ):
         pods = wait_serving(cluster, gateway, args.replicas)
+        reference = stack.enter_context(nginx(pods, Path(tmp)))
         paths = {
             "direct": [f"http://{ip}:8000/v1/chat/completions" for ip in pods.values()],
             "gateway": [f"{gateway.base_url}/chat/completions"],
         }
+        if reference is not None:
+            paths["nginx"] = [reference]
         proxy = None
         if no_proxy is None:
             proxy = kube_proxy.KubeProxy(cluster, nodes.NODES[0].name, Path(tmp) / "kp.log")
