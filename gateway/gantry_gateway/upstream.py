@@ -171,7 +171,7 @@ class UpstreamPool:
         idle = self._idle.get(key)
         while idle and not fresh:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < self.idle_seconds:
+            if self._usable(conn, now):
                 conn.reused = True
                 return conn
             conn.abort()
@@ -200,19 +200,20 @@ class UpstreamPool:
         if now - self._swept < 1.0:
             return
         self._swept = now
-        for key in list(self._idle):
-            keep = [
-                c
-                for c in self._idle[key]
-                if not c.closed and now - c.idle_since < self.idle_seconds
-            ]
-            for conn in self._idle[key]:
-                if conn not in keep:
+        for key, conns in list(self._idle.items()):
+            keep = []
+            for conn in conns:
+                if self._usable(conn, now):
+                    keep.append(conn)
+                else:
                     conn.abort()
             if keep:
                 self._idle[key] = keep
             else:
                 del self._idle[key]
+
+    def _usable(self, conn: UpstreamConnection, now: float) -> bool:
+        return not conn.closed and now - conn.idle_since < self.idle_seconds
 
     def close(self) -> None:
         for conns in self._idle.values():
