@@ -250,17 +250,15 @@ class HttpConnection(asyncio.Protocol):
             return  # the client went away
         except Exception:
             log.exception("Unhandled error answering %s %s", request.method, request.path)
-            if not self._started:
-                self.respond(500, (("Content-Type", "text/plain"),), b"Internal server error")
-            else:
-                self._close()
-            return
-        if self._answering is request:  # the handler did not answer
+            if self._started:
+                return self._close()  # the client sees a cut answer
+        else:
+            if self._answering is not request:
+                return  # answered
             log.error("No answer to %s %s", request.method, request.path)
-            if not self._started:
-                self.respond(500, (("Content-Type", "text/plain"),), b"Internal server error")
-            else:
-                self.end_stream()
+            if self._started:
+                return self.end_stream()
+        self.respond(500, (("Content-Type", "text/plain"),), b"Internal server error")
 
     def _refuse(self, status: int, message: str) -> None:
         """A request that cannot be parsed: answer it (if nothing is being answered) and
