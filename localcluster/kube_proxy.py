@@ -5,15 +5,17 @@ benchmark that compares with a plain Kubernetes Service, :class:`KubeProxy` runs
 kube-proxy (built from ``k8s.io/kubernetes/cmd/kube-proxy`` like the other binaries, see
 :mod:`localcluster.build`) against the cluster in nftables mode: it programs the tables
 ``ip kube-proxy`` / ``ip6 kube-proxy`` of this machine's network namespace, whose rules DNAT
-locally generated connections to a ClusterIP (10.96.0.0/16) onto a Ready endpoint, here a
-Ready endpoint. It needs root (CAP_NET_ADMIN) and the ``nft`` command (Debian's
-``nftables`` package); :func:`unavailable` says why it cannot run, or None. Its tables are
-deleted when it stops. Conntrack sysctls are left alone (``--conntrack-*`` = 0).
+locally generated connections to a ClusterIP (10.96.0.0/16) onto a Ready endpoint. It needs
+root (CAP_NET_ADMIN) and the ``nft`` command (Debian's ``nftables`` package);
+:func:`unavailable` says why it cannot run, or None. Its tables are deleted when it stops.
+Conntrack sysctls are left alone (``--conntrack-*`` = 0).
 
-It runs here, but a Service of the local cluster's pods still routes nowhere: the API server
-refuses loopback addresses in EndpointSlices ("may not be in the loopback range"), and the fake
-nodes' pods have 127.1.x.y addresses, so the EndpointSlice controller can publish no endpoint.
-(A DNAT from a ClusterIP to a loopback address does work on this machine.)
+A Service of pods on the default fleet still routes nowhere: the API server refuses loopback
+addresses in EndpointSlices ("may not be in the loopback range"), and those pods have 127.1.x.y
+addresses, so the EndpointSlice controller can publish no endpoint. Pods of a fleet on a routed
+pod network (:func:`localcluster.nodes.on_routed_network`, while
+:func:`localcluster.routed.routed_network` has made 198.18.0.0/16 local) do get endpoints, and
+kube-proxy's rules DNAT the ClusterIP to them.
 """
 
 from __future__ import annotations

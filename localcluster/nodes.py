@@ -26,19 +26,22 @@ well-known topology and instance-type labels; every node carries the GPU operato
 ``nvidia.com/gpu=present:NoSchedule``. kwok gives each pod the next free address of its node's
 podCIDR, so pod IPs are unique 127.1.<node>.<n> addresses a simulator can bind to (the first
 pod on a node gets ``.0``: kwok counts from the CIDR's base address). :func:`on_pod_network`
-moves a fleet to another 127.<x> pod network, for a second cluster alongside the first.
+moves a fleet to another 127.<x> pod network, for a second cluster alongside the first;
+:func:`on_routed_network` moves it to 198.18.<index>.0/24 podCIDRs, addresses a Service can
+route to, usable only while :func:`localcluster.routed.routed_network` has made them local.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from localcluster import cluster as local_cluster
-from localcluster import versions
+from localcluster import routed, versions
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
@@ -117,16 +120,23 @@ GPU_MODELS = (H100, A100, L4, H200)
 
 @dataclass(frozen=True)
 class FakeNode:
-    index: int  # 1-based; picks the podCIDR 127.1.<index>.0/24 and the node IP 127.2.0.<index>
+    index: int  # 1-based; picks the podCIDR 127.1.<index>.0/24 (or a routed network's <index>th
+    # /24) and the node IP 127.2.0.<index>
     name: str
     gpu: GpuModel
     region: str
     zone: str
     #: The second octet of the pod addresses: 127.<pod_network>.<index>.<n>.
     pod_network: int = 1
+    #: A /16 of :data:`localcluster.routed.BENCHMARK_BLOCK` whose <index>th /24 is the podCIDR
+    #: instead (see :func:`on_routed_network`); None: the loopback pod network.
+    routed_network: ipaddress.IPv4Network | None = None
 
     @property
     def pod_cidr(self) -> str:
+        if self.routed_network is not None:
+            base = int(self.routed_network.network_address) + (self.index << 8)
+            return f"{ipaddress.IPv4Address(base)}/24"
         return f"127.{self.pod_network}.{self.index}.0/24"
 
     @property
@@ -214,6 +224,19 @@ def on_pod_network(fleet: Sequence[FakeNode], pod_network: int) -> tuple[FakeNod
     return tuple(dataclasses.replace(n, pod_network=pod_network) for n in fleet)
 
 
+def on_routed_network(
+    fleet: Sequence[FakeNode], network: ipaddress.IPv4Network = routed.POD_NETWORK
+) -> tuple[FakeNode, ...]:
+    """``fleet`` with podCIDR <network>.<index>.0/24 for a /16 ``network`` of the RFC 2544
+    block (:data:`localcluster.routed.BENCHMARK_BLOCK`): pods a Service can route to. Their
+    manifests (and the process runner) accept those addresses only while the network's local
+    route is installed (:func:`localcluster.routed.routed_network`)."""
+    routed.in_block(network)
+    if network.prefixlen != 16:
+        raise ValueError(f"routed network {network}: pick a /16 (one /24 per node)")
+    return tuple(dataclasses.replace(n, routed_network=network) for n in fleet)
+
+
 def node(name: str) -> FakeNode:
     for candidate in NODES:
         if candidate.name == name:
@@ -225,9 +248,15 @@ def with_gpu(model: GpuModel, region: str | None = None) -> tuple[FakeNode, ...]
     return tuple(n for n in NODES if n.gpu == model and (region is None or n.region == region))
 
 
-def manifest(fake: FakeNode) -> dict[str, Any]:
-    """The v1 Node object, status included (nodes may set status on create)."""
-    local_cluster.loopback_cidr(fake.pod_cidr)
+def manifest(
+    fake: FakeNode, *, routed_networks: Collection[ipaddress.IPv4Network] | None = None
+) -> dict[str, Any]:
+    """The v1 Node object, status included (nodes may set status on create). A node on a routed
+    pod network needs its local route among ``routed_networks`` (None: the kernel's)."""
+    if fake.routed_network is None:
+        local_cluster.loopback_cidr(fake.pod_cidr)
+    else:
+        routed.routed_cidr(fake.pod_cidr, routed_networks)
     local_cluster.loopback_host(fake.internal_ip)
     annotation_key, annotation_value = local_cluster.KWOK_NODE_ANNOTATION
     return {

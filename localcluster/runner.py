@@ -13,8 +13,9 @@ with the container's own environment as a kubelet builds it (literal values with
 references expanded, ``fieldRef`` values resolved from the pod; secret, config map and resource
 references are skipped), ``GANTRY_HOST=<podIP>`` so the simulator listens on the pod's address
 and port 8000 (the operator scrapes it there, tests send requests there; Services cannot route
-to loopback pod IPs), and fast simulator knobs (:data:`FAST_KNOBS`, overridable; the pod's own
-``GANTRY_SIM_*`` values win). Output goes to ``<log_dir>/<namespace>_<pod>_<uid>.log``.
+to loopback pod IPs, but can to a routed pod network's: :mod:`localcluster.routed`), and fast
+simulator knobs (:data:`FAST_KNOBS`, overridable; the pod's own ``GANTRY_SIM_*`` values win).
+Output goes to ``<log_dir>/<namespace>_<pod>_<uid>.log``.
 
 Pods of a LeaderWorkerSet group (leader and workers carry the runtime labels too) get the
 leader pod's IP for ``LWS_LEADER_ADDRESS`` instead of its DNS name, logged at the top of the
@@ -44,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -55,7 +57,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -65,8 +67,8 @@ import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from localcluster import lws, procs, realvllm, tiny_models, venvs, vllm_cpu
-from localcluster.cluster import KWOK_NODE_ANNOTATION, loopback_host
+from localcluster import lws, procs, realvllm, routed, tiny_models, venvs, vllm_cpu
+from localcluster.cluster import KWOK_NODE_ANNOTATION
 
 RUNTIME_SELECTOR = "app.kubernetes.io/managed-by=gantry,app.kubernetes.io/component=runtime"
 MD_LABEL = "gantry.dev/model-deployment"
@@ -77,7 +79,7 @@ RUNTIME_CONTAINER = "runtime"
 #: Simulator knobs for tests: a short simulated start-up. The pod's own env wins over these.
 FAST_KNOBS: Mapping[str, str] = {"GANTRY_SIM_STARTUP_DELAY_S": "0.5"}
 POLL_SECONDS = 0.5
-#: Straight to loopback pod addresses, whatever proxy the environment names.
+#: Straight to the (local) pod addresses, whatever proxy the environment names.
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 #: Upper bound on SIGTERM-to-SIGKILL (pods ask for shutdownTimeoutSeconds + 30 = 90 s).
 DEFAULT_GRACE = 10.0
@@ -218,8 +220,14 @@ def pod_targets(
     *,
     max_grace: float,
     all_real: bool = False,
+    routed_networks: Collection[ipaddress.IPv4Network] | None = None,
 ) -> dict[str, PodTarget]:
-    """The pods that should have a process, by UID (pure: pod dicts in, targets out).
+    """The pods that should have a process, by UID (pure: pod dicts in, targets out, but for
+    ``routed_networks`` None: then the kernel says which routed pod networks are installed, once
+    a pod has an address of :data:`localcluster.routed.BENCHMARK_BLOCK`).
+
+    A pod's IP must be loopback, or in a routed pod network whose local route is installed
+    (:func:`localcluster.routed.routed_network`); other pods are skipped.
 
     A pod of a LeaderWorkerSet group gets its leader's podIP for ``LWS_LEADER_ADDRESS`` (see
     :data:`localcluster.lws.RUNNER_SUBSTITUTIONS`) and has no target until its leader has one.
@@ -227,6 +235,7 @@ def pod_targets(
     pods = list(pods)
     leaders = lws.leader_ips(pods)
     targets: dict[str, PodTarget] = {}
+    networks = routed_networks
     for pod in pods:
         meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
         status = pod.get("status") or {}
@@ -238,12 +247,12 @@ def pod_targets(
             or spec.get("nodeName") not in fake_nodes
         ):
             continue
+        if networks is None and routed.in_routed_block(ip):
+            networks = routed.installed()  # asked once per call
         try:
-            loopback_host(ip)
-        except ValueError:
-            log.warning(
-                "Skipped pod %s/%s: IP %s is not loopback", meta["namespace"], meta["name"], ip
-            )
+            routed.pod_host(ip, () if networks is None else networks)
+        except ValueError as exc:
+            log.warning("Skipped pod %s/%s: %s", meta["namespace"], meta["name"], exc)
             continue
         containers = spec.get("containers") or [{}]
         container = next(
