@@ -17,13 +17,13 @@ ttft        ``--clients`` concurrent streaming users for ``--seconds``, each in 
             from an exponential distribution of mean ``--think`` seconds (each user also starts
             after a random part of one think time), as load generators model independent users.
             Time to first token (the first SSE event with text) at p50 and p99, direct (users
-            round-robin over the pod IPs), through a plain Kubernetes Service (kube-proxy in
-            nftables mode, when it can run: see localcluster/kube_proxy.py), through the
-            gateway and, when Debian's nginx is installed, through nginx (one worker, least
-            connections, kept-alive upstream connections, no buffering): what a proxy written
-            in C adds on the same machine, the floor beside the gateway's figures; then the
-            same with ``--low-clients`` users (the gateway's own added latency when the cores
-            are not saturated). The paths take turns for ``--rounds``
+            round-robin over the pod IPs), through the model's plain Kubernetes Service (its
+            ClusterIP, which kube-proxy in nftables mode DNATs to a Ready pod: see below),
+            through the gateway and, when Debian's nginx is installed, through nginx (one
+            worker, least connections, kept-alive upstream connections, no buffering): what a
+            proxy written in C adds on the same machine, the floor beside the gateway's
+            figures; then the same with ``--low-clients`` users (the gateway's own added
+            latency when the cores are not saturated). The paths take turns for ``--rounds``
             runs of ``--seconds`` each, and each path's percentiles are over all of its runs'
             requests (each run's p99 is printed too: on a shared 2-core machine it moves by
             tens of milliseconds from run to run).
@@ -35,6 +35,13 @@ throughput  ``--rps-clients`` concurrent non-streaming clients (``max_tokens`` 1
             time) for ``--seconds``: requests per second answered on each path, and the
             gateway process's CPU time per request (user + system, from /proc), which says
             what one core would carry without the load generator and simulators beside it.
+service     The Service path runs when kube-proxy can (root and the nft command, see
+            localcluster/kube_proxy.py) and 198.18.0.0/16 can be made local for the run
+            (``ip route add local ... dev lo``, removed at the end, see localcluster/routed.py):
+            the API server refuses loopback endpoints, so the bed's fake nodes then get podCIDRs
+            198.18.<node>.0/24 of the RFC 2544 benchmarking block instead of 127.1.<node>.0/24,
+            the EndpointSlice controller publishes the pods and kube-proxy programs the
+            ClusterIP. Otherwise every table goes without it and the output says why.
 deletion    ``--delete-clients`` clients send non-streaming requests of about a second through
             the gateway; after a third of the run one runtime pod is deleted (grace period 1 s).
             Every request gets exactly one outcome: answered, or failed with an error naming
@@ -58,7 +65,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +77,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from localcluster import build, kube_proxy, nodes  # noqa: E402
+from localcluster import build, kube_proxy, nodes, routed  # noqa: E402
 from localcluster.cluster import LocalCluster, free_ports  # noqa: E402
 from localcluster.gateway_process import GatewayProcess  # noqa: E402
 from localcluster.log import sayer  # noqa: E402
@@ -269,10 +276,12 @@ async def closed_loop(
 
 
 @contextmanager
-def bed(replicas: int, state: Path) -> Iterator[tuple[LocalCluster, GatewayProcess]]:
+def bed(
+    replicas: int, state: Path, fleet: Sequence[nodes.FakeNode] = nodes.NODES
+) -> Iterator[tuple[LocalCluster, GatewayProcess]]:
     build.ensure_built()
     with LocalCluster(state / "cluster", log=say) as cluster:
-        nodes.create(cluster)
+        nodes.create(cluster, fleet)
         cluster.kubectl("apply", "--server-side", "-f", str(CRD))
         cluster.wait_established("modeldeployments.gantry.dev")
         for ns in (NAMESPACE, TENANT_NS):
@@ -380,18 +389,30 @@ async def answers(url: str) -> bool:
         return (await one(session, url, False, 1, "ping")).ok
 
 
-def no_endpoints(cluster: LocalCluster) -> str | None:
-    """Why the Service has no endpoint to route to, or None."""
+def endpoints(cluster: LocalCluster) -> set[str]:
+    """The addresses of the Service's ready endpoints, from its EndpointSlices."""
     selector = f"kubernetes.io/service-name={NAME}"
     found = cluster.kubectl("-n", NAMESPACE, "get", "endpointslices", "-l", selector, "-o", "json")
-    slices = json.loads(found.stdout)["items"]
-    if any(e.get("addresses") for s in slices for e in s.get("endpoints") or ()):
-        return None
-    return (
-        "kube-proxy runs here (nftables mode) and programs the Service, but the Service has "
-        "no endpoints: the API server refuses loopback addresses in EndpointSlices, and this "
-        "local cluster's pods have 127.1.x.y addresses"
+    return {
+        address
+        for piece in json.loads(found.stdout)["items"]
+        for endpoint in piece.get("endpoints") or ()
+        if (endpoint.get("conditions") or {}).get("ready", True)
+        for address in endpoint.get("addresses") or ()
+    }
+
+
+def service_path(cluster: LocalCluster, pods: dict[str, str]) -> str:
+    """The Service's URL once its EndpointSlices hold every pod and it answers through
+    kube-proxy's rules; raises AssertionError saying what was missing."""
+    wait_for(
+        lambda: endpoints(cluster) >= set(pods.values()),
+        60,
+        f"the Service's EndpointSlices list the pods {sorted(pods.values())}",
     )
+    url = service_url(cluster)
+    wait_for(lambda: run_loop(answers(url)), 30, f"the Service answers at {url}")
+    return url
 
 
 def deletion(
@@ -464,32 +485,48 @@ def main() -> int:
     )
     args = parser.parse_args()
     no_proxy = kube_proxy.unavailable()
+    if no_proxy is None and (no_route := routed.unavailable()) is not None:
+        no_proxy = (
+            "a Service routes only to pod addresses outside 127/8, and the bench cannot give "
+            f"its pods routed ones ({routed.POD_NETWORK}, localcluster/routed.py): {no_route}"
+        )
+    with ExitStack() as network:
+        fleet = nodes.NODES
+        if no_proxy is None:
+            # Pods a Service can route to: the API server refuses loopback endpoints.
+            try:
+                network.enter_context(routed.routed_network(routed.POD_NETWORK))
+                fleet = nodes.on_routed_network(nodes.NODES, routed.POD_NETWORK)
+            except routed.RoutedNetworkError as exc:
+                no_proxy = f"the routed pod network {routed.POD_NETWORK} was not installed: {exc}"
+        return bench(args, fleet, no_proxy)
+
+
+def bench(args: argparse.Namespace, fleet: Sequence[nodes.FakeNode], no_proxy: str | None) -> int:
+    """Run every scenario on a bed of ``fleet`` and print the figures; the Service path only
+    when ``no_proxy`` (why it cannot be measured) is None."""
     with (
         tempfile.TemporaryDirectory(prefix="gantry-bench-gw-") as tmp,
-        bed(args.replicas, Path(tmp)) as (cluster, gateway),
+        bed(args.replicas, Path(tmp), fleet) as (cluster, gateway),
         ExitStack() as stack,
     ):
         pods = wait_serving(cluster, gateway, args.replicas)
-        reference = stack.enter_context(nginx(pods, Path(tmp)))
-        paths = {
-            "direct": [f"http://{ip}:8000/v1/chat/completions" for ip in pods.values()],
-            "gateway": [f"{gateway.base_url}/chat/completions"],
-        }
-        if reference is not None:
-            paths["nginx"] = [reference]
+        paths = {"direct": [f"http://{ip}:8000/v1/chat/completions" for ip in pods.values()]}
         proxy = None
         if no_proxy is None:
-            proxy = kube_proxy.KubeProxy(cluster, nodes.NODES[0].name, Path(tmp) / "kp.log")
+            proxy = kube_proxy.KubeProxy(cluster, fleet[0].name, Path(tmp) / "kp.log")
+            stack.callback(proxy.stop)  # its nftables tables go whatever happens
             try:
                 proxy.start()
-                no_proxy = no_endpoints(cluster)
-                if no_proxy is None:
-                    paths["service"] = [service_url(cluster)]
+                paths["service"] = [service_path(cluster, pods)]
             except (AssertionError, RuntimeError) as exc:
-                no_proxy = f"kube-proxy did not start: {exc}"
-            if no_proxy is not None:
+                no_proxy = f"kube-proxy or the Service did not work: {exc}"
                 proxy.stop()
                 proxy = None
+        paths["gateway"] = [f"{gateway.base_url}/chat/completions"]
+        reference = stack.enter_context(nginx(pods, Path(tmp)))
+        if reference is not None:
+            paths["nginx"] = [reference]
         assert gateway.process is not None
         gateway_pid = gateway.process.pid
 

@@ -51,7 +51,9 @@ from localcluster import build, lws, pki, procs
 from localcluster.polling import wait_for
 
 SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
-#: Covers every fake node's ``spec.podCIDR`` (see :mod:`localcluster.nodes`).
+#: Covers the default fleet's ``spec.podCIDR`` values (see :mod:`localcluster.nodes`); a fleet
+#: on a routed pod network has its own (:mod:`localcluster.routed`): with
+#: ``--allocate-node-cidrs=false`` the controller manager allocates none from this.
 CLUSTER_CIDR = "127.1.0.0/16"
 #: Pod IPs for a managed node that has no ``spec.podCIDR`` (none of ours).
 KWOK_FALLBACK_CIDR = "127.3.0.0/16"
