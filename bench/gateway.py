@@ -481,7 +481,7 @@ def main() -> int:
     parser.add_argument("--delete-clients", type=int, default=30)
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per run")
     parser.add_argument(
-        "--rounds", type=int, default=4, help="ttft runs per path (taking turns, pooled)"
+        "--rounds", type=int, default=6, help="ttft runs per path (taking turns, pooled)"
     )
     args = parser.parse_args()
     no_proxy = kube_proxy.unavailable()
