@@ -180,13 +180,18 @@ def audit_of(gateway: GatewayProcess, request_id: str) -> dict[str, Any]:
     return wait_for(find, 10, f"audit line of {request_id}")
 
 
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of the ``name`` samples in a /metrics ``text`` whose labels include ``labels``."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
 def samples(gateway: GatewayProcess, name: str, **labels: str) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(gateway.metrics()):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+    return metric_sum(gateway.metrics(), name, **labels)
 
 
 def pods_of(ns: Namespace, md: str) -> set[str]:

@@ -25,7 +25,6 @@ from typing import Any
 import openai
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from hack import monitoring
 from localcluster import realvllm, vllm_cpu
@@ -39,7 +38,7 @@ from localcluster.runner import REAL_GRACE, ProcessRunner, RuntimeProcess
 from localcluster.volumes import models_volume
 from tests.integration.conftest import SETTLE, Namespace
 from tests.integration.test_autoscaling import DIRECT, Scraper, replicas
-from tests.integration.test_gateway import PROMPT_MARKER, Tenants, audit_of
+from tests.integration.test_gateway import PROMPT_MARKER, Tenants, audit_of, metric_sum
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
@@ -321,13 +320,7 @@ def real_gateway(
 def vllm_sample(ip: str, name: str, **labels: str) -> float:
     """The sum of a real server's ``name`` samples whose labels include ``labels``."""
     with DIRECT.open(f"http://{ip}:8000/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
-    )
+        return metric_sum(response.read().decode(), name, **labels)
 
 
 def test_the_gateway_in_front_of_a_real_server(
