@@ -30,6 +30,7 @@ from gantry_gateway.state import State
 from gantry_gateway.upstream import UpstreamPool
 from gantry_gateway.view import ModelEntry, Replica, Strategy
 from gantry_runtime.simulator.testing import SimulatorThread
+from tests.unit.gateway.loop_thread import LoopThread
 
 KEY = "sk-unit-0123456789abcdef"
 MODEL = "m"
@@ -42,65 +43,31 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class GatewayThread:
+class GatewayThread(LoopThread):
     """The gateway's API app on a free port, its event loop in a thread."""
 
     def __init__(self, state: State, audit: Path) -> None:
+        super().__init__()
         self.state = state
         self.metrics = Metrics()
         self.audit_path = audit
         self.port = free_port()
         self.config = GatewayConfig(max_body_bytes=4096, connect_retry_seconds=2.0)
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        # On the loop the gateway runs on (uvloop).
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(self._main())
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        audit = AuditLog(self.audit_path, include_content=False)
-        pool = UpstreamPool(self.config.connect_timeout_seconds)
+    async def serve(self) -> None:
+        self._audit = AuditLog(self.audit_path, include_content=False)
+        self._pool = UpstreamPool(self.config.connect_timeout_seconds)
+        audit, pool = self._audit, self._pool
         services = Services(
             self.config, self.state, Limiter(), self.metrics, audit, pool, lambda e: None
         )
-        front = HttpServer(Handler(services, set()), 4096)
-        await front.start("127.0.0.1", self.port)
-        self._ready.set()
-        await self._stop.wait()
-        await front.shutdown(5)
-        pool.close()
-        audit.close()
+        self._front = HttpServer(Handler(services, set()), 4096)
+        await self._front.start("127.0.0.1", self.port)
 
-    def __enter__(self) -> GatewayThread:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        assert self._loop is not None
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def call(self, fn: Any, *args: Any) -> Any:
-        """Run ``fn(*args)`` on the gateway's loop (the state belongs to it)."""
-        assert self._loop is not None
-        done = threading.Event()
-        result: list[Any] = []
-
-        def run() -> None:
-            result.append(fn(*args))
-            done.set()
-
-        self._loop.call_soon_threadsafe(run)
-        assert done.wait(5)
-        return result[0]
+    async def close(self) -> None:
+        await self._front.shutdown(5)
+        self._pool.close()
+        self._audit.close()
 
     def audit(self, count: int = 1) -> list[dict[str, Any]]:
         """The audit lines, once there are ``count`` (written as each response ends)."""
@@ -384,8 +351,6 @@ def test_a_new_pod_on_a_deleted_pods_address_gets_fresh_connections(tmp_path: Pa
 
 def test_the_gateway_runs_on_uvloop_when_it_is_installed() -> None:
     import uvloop
-
-    from gantry_gateway.main import loop_factory
 
     factory = loop_factory()
     assert factory is not None

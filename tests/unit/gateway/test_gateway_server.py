@@ -11,7 +11,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from gantry_gateway.main import loop_factory
 from gantry_gateway.server import (
     MAX_HEAD_BYTES,
     WRITE_HIGH_WATER,
@@ -19,23 +18,21 @@ from gantry_gateway.server import (
     HttpServer,
     Request,
 )
+from tests.unit.gateway.loop_thread import LoopThread
 
 MAX_BODY = 1000
 
 
-class Served:
+class Served(LoopThread):
     """An HttpServer with a test handler, its loop in a thread."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.seen: list[Request] = []
         self.cancelled = threading.Event()
         self.paused = threading.Event()
         self.resumed = threading.Event()
         self.port = 0
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     async def handle(self, request: Request, conn: HttpConnection) -> None:
         self.seen.append(request)
@@ -72,29 +69,12 @@ class Served:
         answer = {"path": request.path, "body": request.body.decode(), "method": request.method}
         conn.respond(200, [("Content-Type", "application/json")], json.dumps(answer).encode())
 
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            server = HttpServer(self.handle, MAX_BODY, keepalive_seconds=2.0)
-            self.port = await server.start("127.0.0.1", 0)
-            self._ready.set()
-            await self._stop.wait()
-            await server.shutdown(1)
+    async def serve(self) -> None:
+        self._server = HttpServer(self.handle, MAX_BODY, keepalive_seconds=2.0)
+        self.port = await self._server.start("127.0.0.1", 0)
 
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(main())
-
-    def __enter__(self) -> Served:
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        assert self._loop is not None
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+    async def close(self) -> None:
+        await self._server.shutdown(1)
 
     def connect(self) -> socket.socket:
         return socket.create_connection(("127.0.0.1", self.port), timeout=5)
